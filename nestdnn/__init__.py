@@ -1,0 +1,1 @@
+"""nestdnn core: model families, channel groups, data, training and the multi-capacity format."""
