@@ -1,0 +1,162 @@
+"""Model families: building, channel groups, counting, config round trip, width primitive."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from nestdnn.errors import NestError
+from nestdnn.models import (
+    ARCHS,
+    ModelConfig,
+    NestNet,
+    build_from_config,
+    build_model,
+    default_widths,
+    full_widths,
+)
+
+SMALL_ARCHS = ["vgg11", "vgg16", "resnet20", "resnet18", "resnet50"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize(("in_channels", "size"), [(1, 28), (3, 32)])
+def test_every_family_runs_forward(arch: str, in_channels: int, size: int) -> None:
+    model = build_model(arch, in_channels=in_channels, num_classes=7, input_size=size,
+                        width_mult=0.125).eval()
+    out = model(torch.randn(2, in_channels, size, size))
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "resnet20", "resnet18", "resnet50"])
+def test_imagenet_input_size_runs(arch: str) -> None:
+    model = build_model(arch, input_size=224, width_mult=0.0625).eval()
+    assert model(torch.randn(1, 3, 224, 224)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("arch", SMALL_ARCHS)
+def test_random_width_configs_build_and_run(arch: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    base = default_widths(arch, 32, 0.25)
+    for _ in range(3):
+        widths = {g: int(torch.randint(1, w + 1, (1,), generator=gen)) for g, w in base.items()}
+        model = build_model(arch, in_channels=3, input_size=32, widths=widths).eval()
+        assert model.groups() == widths
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_vgg11_params_and_macs_match_hand_count() -> None:
+    widths = {g: 2 for g in full_widths("vgg11", 8)}
+    model = build_model("vgg11", in_channels=1, num_classes=3, input_size=8, widths=widths)
+    # conv1: 1->2 (3x3, bias) + BN(2); seven convs 2->2 (3x3, bias) + BN(2); linear 2->3.
+    params = (1 * 2 * 9 + 2 + 4) + 7 * (2 * 2 * 9 + 2 + 4) + (2 * 3 + 3)
+    assert model.count_params() == params
+    # Spatial sizes with ceil-mode pooling on 8x8: 8, 4, 2, 2, 1, 1, 1, 1 for the 8 convs.
+    sizes = [8, 4, 2, 2, 1, 1, 1, 1]
+    macs = 1 * 2 * 9 * sizes[0] ** 2 + sum(2 * 2 * 9 * s * s for s in sizes[1:]) + 2 * 3
+    assert model.count_macs() == macs
+
+
+def test_resnet20_groups_couple_residual_channels() -> None:
+    model = build_model("resnet20", input_size=32)
+    groups = model.groups()
+    assert {"layer1", "layer2", "layer3"} <= set(groups)
+    assert "conv1" not in groups  # the stem adds into layer1's residual stream
+    producers = model.producers()
+    assert producers["layer1"] == ["conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"]
+    assert "layer2.0.downsample.0" in producers["layer2"]
+    assert producers["layer1.0.conv1"] == ["layer1.0.conv1"]
+
+
+def test_resnet50_stem_is_its_own_group() -> None:
+    groups = build_model("resnet50", input_size=224).groups()
+    assert groups["conv1"] == 64 and groups["layer1"] == 256 and groups["layer4"] == 2048
+
+
+@pytest.mark.parametrize(("arch", "tv_builder"), [
+    ("resnet18", torchvision.models.resnet18),
+    ("resnet50", torchvision.models.resnet50),
+])
+def test_resnet_imports_torchvision_state_dict(arch: str, tv_builder) -> None:
+    model = build_model(arch, input_size=224, num_classes=1000)
+    model.load_state_dict(tv_builder().state_dict())  # strict: same names, same shapes
+
+
+def test_vgg_features_match_torchvision_names() -> None:
+    ours = build_model("vgg16", input_size=224).state_dict()
+    theirs = torchvision.models.vgg16_bn().state_dict()
+    feature_keys = {k for k in theirs if k.startswith("features.")}
+    assert feature_keys == {k for k in ours if k.startswith("features.")}
+    assert all(ours[k].shape == theirs[k].shape for k in feature_keys)
+
+
+@pytest.mark.parametrize("arch", SMALL_ARCHS)
+def test_config_round_trip(arch: str) -> None:
+    model = build_model(arch, in_channels=1, num_classes=5, input_size=28, width_mult=0.25)
+    config = ModelConfig.from_dict(model.config.to_dict())
+    assert config == model.config
+    rebuilt = build_from_config(config)
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(rebuilt.eval()(x), model.eval()(x))
+
+
+def _mask_channels(model: NestNet, removed: dict[str, torch.Tensor]) -> None:
+    """Zero the removed channels at the output of every BN of their group, in place."""
+    modules = dict(model.named_modules())
+    for group, bn_names in model.norms().items():
+        for name in bn_names:
+            with torch.no_grad():
+                modules[name].weight[removed[group]] = 0
+                modules[name].bias[removed[group]] = 0
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "resnet20", "resnet50"])
+def test_extract_equals_masking_in_the_larger_model(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch, in_channels=3, input_size=32, width_mult=0.25)
+    model.train()
+    with torch.no_grad():  # give BN non-trivial statistics
+        for _ in range(3):
+            model(torch.randn(8, 3, 32, 32))
+    model.eval()
+    gen = torch.Generator().manual_seed(1)
+    kept, removed = {}, {}
+    for g, w in model.groups().items():
+        perm = torch.randperm(w, generator=gen)
+        n_keep = max(1, w // 2)
+        kept[g], removed[g] = perm[:n_keep], perm[n_keep:]
+    small = model.extract(kept).eval()
+    assert small.groups() == {g: int(k.numel()) for g, k in kept.items()}
+    assert small.count_params() < model.count_params()
+    _mask_channels(model, removed)
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_extract_rejects_bad_indices() -> None:
+    model = build_model("vgg11", input_size=32, width_mult=0.125)
+    group, width = next(iter(model.groups().items()))
+    with pytest.raises(NestError, match="indices must lie in"):
+        model.extract({group: torch.tensor([width])})
+    with pytest.raises(NestError, match="repeated"):
+        model.extract({group: torch.tensor([0, 0])})
+    with pytest.raises(NestError, match="at least one"):
+        model.extract({group: torch.tensor([], dtype=torch.long)})
+    with pytest.raises(NestError, match="unknown channel group"):
+        model.extract({"nope": torch.tensor([0])})
+
+
+def test_bad_arch_and_widths_are_clear_errors() -> None:
+    with pytest.raises(NestError, match="unknown arch 'vgg17'"):
+        build_model("vgg17")
+    widths = full_widths("vgg11", 32)
+    group = next(iter(widths))
+    with pytest.raises(NestError, match=f"width of group '{group}' is 65"):
+        build_model("vgg11", widths={**widths, group: 65})
+    with pytest.raises(NestError, match="missing"):
+        build_model("vgg11", widths={group: 8})
+    with pytest.raises(NestError, match="missing num_classes, input_size, widths"):
+        ModelConfig.from_dict({"arch": "vgg11", "in_channels": 3})
