@@ -1,0 +1,156 @@
+"""``nestdnn profile``: measure a ``.nest`` file's descendants, or check a profile file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nestdnn.errors import NestError
+from profiles.latency import LatencySettings
+from profiles.schema import BACKENDS, Backend, Profile, load_profile, save_profile
+
+MIB = 1 << 20
+BUSY_PRESSURE = 0.05
+
+
+def configure_profile(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Profile every descendant of a .nest file: widths, params, weight bytes, MACs, test"
+        " accuracy, and per backend the batch-1 latency (median and p90) and the peak RSS of"
+        " loading and running it. Writes a JSON profile (the scheduler's only input). With"
+        " --check, validate an existing profile and print its table instead."
+    )
+    parser.add_argument("model", nargs="?", type=Path, help="the .nest file to profile")
+    parser.add_argument(
+        "--check", type=Path, metavar="PROFILE", help="validate a profile file and print its table"
+    )
+    parser.add_argument("--dataset", help="data set of the test split (default: the manifest's)")
+    parser.add_argument("--data-dir", help="where the data set lives (see 'nestdnn train')")
+    parser.add_argument(
+        "--backends",
+        type=parse_backends,
+        default=BACKENDS,
+        help=f"comma-separated, from: {', '.join(BACKENDS)}",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="inference threads, every backend")
+    parser.add_argument("--runs", type=int, default=50, help="timed batch-1 runs per descendant")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the runs form")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed runs per descendant first")
+    parser.add_argument(
+        "--memory-runs", type=int, default=5, help="inferences before reading the peak RSS"
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="batch size for accuracy")
+    parser.add_argument("--out", type=Path, help="profile to write (default: MODEL.profile.json)")
+    parser.add_argument("--plot", type=Path, help="also draw accuracy vs latency/memory (PNG)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    if args.check is not None:
+        if args.model is not None:
+            raise NestError("give either a .nest file to profile or --check PROFILE, not both")
+        return check_profile(args.check)
+    if args.model is None:
+        raise NestError("give a .nest file to profile (or --check PROFILE)")
+    from profiles.plot import plot_profile
+    from profiles.profiler import ProfileSettings, profile_nest
+
+    settings = ProfileSettings(
+        backends=args.backends,
+        latency=LatencySettings(
+            runs=args.runs, rounds=args.rounds, warmup=args.warmup, threads=args.threads
+        ),
+        memory_runs=args.memory_runs,
+        batch_size=args.batch_size,
+        progress=sys.stderr.isatty() if args.progress is None else args.progress,
+    )
+    profile = profile_nest(args.model, args.dataset, args.data_dir, settings)
+    out = args.out or default_profile_path(args.model)
+    save_profile(profile, out)
+    print(format_table(profile))
+    print(f"profile -> {out}")
+    if args.plot is not None:
+        print(f"plot -> {plot_profile(profile, args.plot)}")
+    return 0
+
+
+def check_profile(path: Path) -> int:
+    """Validate ``path`` (schema, indices, strictly increasing params/bytes/MACs); print it."""
+    profile = load_profile(path)
+    print(format_table(profile))
+    print(f"{path}: valid profile (schema version {profile.schema_version})")
+    return 0
+
+
+def default_profile_path(nest_path: Path) -> Path:
+    """``dir/NAME.nest`` -> ``dir/NAME.profile.json``."""
+    return nest_path.with_name(f"{nest_path.stem}.profile.json")
+
+
+def parse_backends(text: str) -> tuple[Backend, ...]:
+    """'torch,tflite' -> ('torch', 'tflite'), rejecting unknown or repeated names."""
+    names = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"backends must be distinct names from {', '.join(BACKENDS)}, got {text!r}"
+        )
+    return tuple(names)  # type: ignore[return-value]
+
+
+def format_table(profile: Profile) -> str:
+    """The profile as a text table: one row per descendant, latency/RSS columns per backend."""
+    header = ["k", "widths", "params", "MACs", "weights MiB", "acc %"]
+    for b in profile.backends:
+        header += [f"{b} ms", f"{b} p90 ms", f"{b} RSS MiB"]
+    rows = [header]
+    for d in profile.descendants:
+        row = [
+            str(d.index),
+            str(d.widths_total),
+            f"{d.params:,}",
+            f"{d.macs:,}",
+            f"{d.bytes / MIB:.2f}",
+            f"{100 * d.accuracy:.2f}",
+        ]
+        for b in profile.backends:
+            f = d.backends[b]
+            row += [
+                f"{1e3 * f.latency.median_s:.3f}",
+                f"{1e3 * f.latency.p90_s:.3f}",
+                f"{f.memory.delta_bytes / MIB:.1f}",
+            ]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([*lines, *_footer(profile)])
+
+
+def _footer(profile: Profile) -> list[str]:
+    """Model, device, data and measuring conditions under the table."""
+    dev, first = profile.device, profile.descendants[0].backends[profile.backends[0]].latency
+    lines = [
+        f"model {profile.model.file} ({profile.model.arch}, sha256 {profile.model.sha256[:12]}),"
+        f" {profile.dataset.name} test split of {profile.dataset.test_size}",
+        f"device {dev.cpu_model}, {dev.cores} cores, {dev.threads} thread(s); {dev.os};"
+        f" torch {dev.torch}, {dev.tflite_runtime or 'no TFLite runtime'}",
+        f"latency: {first.warmup} warm-up + {first.runs} timed runs in {first.rounds} rounds;"
+        f" RSS = peak minus baseline of a fresh process; measured {profile.created:%Y-%m-%d %H:%M}"
+        " UTC",
+    ]
+    for backend, c in profile.conditions.items():
+        pressure = "n/a" if c.cpu_pressure is None else f"{c.cpu_pressure:.0%}"
+        line = (
+            f"{backend}: measured in {c.duration_s:.1f} s, CPU pressure {pressure},"
+            f" load {c.load_average:.2f}"
+        )
+        if c.cpu_pressure is not None and c.cpu_pressure > BUSY_PRESSURE:
+            line += " (other processes competed for the CPU: latencies may be inflated)"
+        lines.append(line)
+    return lines
