@@ -1,0 +1,200 @@
+"""Executor: weighted-fair busy-time shares, drop-oldest queues, holds, one outcome per frame."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+
+import pytest
+import torch
+
+from nestdnn.models import build_model
+from scheduler.errors import FrameDropped, QueueFull, UnknownApp
+from scheduler.executor import Executor, Prediction, percentile
+
+FRAME = torch.zeros(1, 16, 16)
+
+
+class GatedRunner:
+    """A runner whose jobs wait for the test to open a gate (no sleeps, no timing)."""
+
+    def __init__(self) -> None:
+        self.started = threading.Semaphore(0)
+        self.gate = threading.Event()
+        self.ran: list[str] = []
+
+    def __call__(self, app_id: str, frame: torch.Tensor) -> tuple[list[float], int]:
+        self.ran.append(app_id)
+        self.started.release()
+        self.gate.wait()
+        return [0.25, 0.75], 0
+
+
+def outcome(future: Future[Prediction]) -> str:
+    try:
+        future.result(timeout=60)
+    except FrameDropped:
+        return "dropped"
+    return "result"
+
+
+def test_busy_time_shares_match_assigned_shares_when_saturated() -> None:
+    """Three backlogged apps with shares 0.5/0.3/0.2 get busy time in those proportions.
+
+    The apps run models of different sizes, so equal frame counts would not give the shares:
+    the scheduler must charge measured service time. Shares are measured over the span in
+    which every app still had queued frames.
+    """
+    torch.manual_seed(0)
+    models = {
+        "a": build_model("vgg11", in_channels=1, num_classes=4, input_size=16,
+                         width_mult=0.125).eval(),
+        "b": build_model("vgg11", in_channels=1, num_classes=4, input_size=16,
+                         width_mult=0.5).eval(),
+        "c": build_model("vgg11", in_channels=1, num_classes=4, input_size=16,
+                         width_mult=0.0625).eval(),
+    }
+
+    def runner(app_id: str, frame: torch.Tensor) -> tuple[list[float], int]:
+        with torch.inference_mode():
+            logits = models[app_id](frame.unsqueeze(0))
+        return torch.softmax(logits[0], 0).tolist(), 0
+
+    saturated_busy: dict[str, float] = {}
+    one_queue_empty = threading.Event()
+
+    def observe(_app_id: str, _service_s: float) -> None:
+        if not saturated_busy and min(executor.backlog().values()) == 0:
+            saturated_busy.update({a: executor.counters(a).busy_s for a in models})
+            one_queue_empty.set()
+
+    executor = Executor(runner, queue_size=150, threads=1, observer=observe)
+    assigned = {"a": 0.5, "b": 0.3, "c": 0.2}
+    for app_id, share in assigned.items():
+        executor.add_app(app_id, share)
+    for app_id in models:
+        for _ in range(150):
+            executor.submit(app_id, FRAME)
+    executor.start()
+    try:
+        assert one_queue_empty.wait(timeout=300)
+    finally:
+        executor.stop()
+    total = sum(saturated_busy.values())
+    measured = {a: busy / total for a, busy in saturated_busy.items()}
+    for app_id, share in assigned.items():
+        assert measured[app_id] == pytest.approx(share, abs=0.05), measured
+
+
+def test_idle_share_goes_to_the_busy_app() -> None:
+    """Work-conserving: an app alone runs every job although its share is small."""
+    executor = Executor(lambda a, f: ([1.0], 0), queue_size=50)
+    executor.add_app("small", 0.1)
+    executor.add_app("idle", 0.9)
+    futures = [executor.submit("small", FRAME) for _ in range(50)]
+    executor.start()
+    try:
+        assert [outcome(f) for f in futures] == ["result"] * 50
+    finally:
+        executor.stop()
+    assert executor.counters("small").frames == 50
+
+
+def test_full_queue_drops_the_oldest_frame_and_tells_its_caller() -> None:
+    executor = Executor(lambda a, f: ([0.1, 0.9], 3), queue_size=2)
+    executor.add_app("cam", 1.0)
+    first, second, third = (executor.submit("cam", FRAME) for _ in range(3))
+    assert first.done()
+    with pytest.raises(FrameDropped, match="newer frame"):
+        first.result()
+    executor.start()
+    try:
+        prediction = second.result(timeout=60)
+        assert third.result(timeout=60).label == 1
+    finally:
+        executor.stop()
+    assert (prediction.label, prediction.descendant) == (1, 3)
+    assert prediction.probabilities == [0.1, 0.9]
+    counters = executor.counters("cam")
+    assert (counters.frames, counters.drops) == (2, 1)
+
+
+def test_refuse_mode_raises_queue_full_and_keeps_queued_frames() -> None:
+    executor = Executor(lambda a, f: ([1.0], 0), queue_size=1, overflow="refuse")
+    executor.add_app("cam", 1.0)
+    kept = executor.submit("cam", FRAME)
+    with pytest.raises(QueueFull):
+        executor.submit("cam", FRAME)
+    assert not kept.done()
+    executor.start()
+    try:
+        assert outcome(kept) == "result"
+    finally:
+        executor.stop()
+
+
+def test_hold_waits_for_the_job_in_flight_and_blocks_new_ones() -> None:
+    runner = GatedRunner()
+    executor = Executor(runner, queue_size=4)
+    executor.add_app("cam", 1.0)
+    executor.start()
+    try:
+        in_flight = executor.submit("cam", FRAME)
+        runner.started.acquire()
+        queued = executor.submit("cam", FRAME)
+        seen_in_hold: list[tuple[list[str], bool]] = []
+
+        def hold_app() -> None:
+            with executor.hold("cam"):
+                seen_in_hold.append((list(runner.ran), queued.done()))
+
+        holder = threading.Thread(target=hold_app)
+        holder.start()
+        while not executor._apps["cam"].held:  # wait until the holder waits (white-box)
+            time.sleep(0.001)
+        runner.gate.set()
+        holder.join(timeout=60)
+        assert seen_in_hold == [(["cam"], False)]  # entered after the job, before the next
+        assert outcome(in_flight) == outcome(queued) == "result"
+        assert runner.ran == ["cam", "cam"]
+    finally:
+        runner.gate.set()
+        executor.stop()
+
+
+def test_remove_app_drops_queued_frames_and_refuses_new_ones() -> None:
+    runner = GatedRunner()
+    executor = Executor(runner, queue_size=8)
+    executor.add_app("cam", 1.0)
+    executor.start()
+    try:
+        in_flight = executor.submit("cam", FRAME)
+        runner.started.acquire()
+        queued = [executor.submit("cam", FRAME) for _ in range(3)]
+        remover = threading.Thread(target=executor.remove_app, args=("cam",))
+        remover.start()
+        runner.gate.set()
+        remover.join(timeout=60)
+        assert outcome(in_flight) == "result"
+        assert [outcome(f) for f in queued] == ["dropped"] * 3
+        with pytest.raises(UnknownApp):
+            executor.submit("cam", FRAME)
+    finally:
+        runner.gate.set()
+        executor.stop()
+
+
+def test_stop_drops_queued_frames() -> None:
+    executor = Executor(lambda a, f: ([1.0], 0), queue_size=8)
+    executor.add_app("cam", 1.0)
+    queued = [executor.submit("cam", FRAME) for _ in range(3)]
+    executor.stop()
+    assert [outcome(f) for f in queued] == ["dropped"] * 3
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([], 0.5) is None
