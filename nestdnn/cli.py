@@ -1,0 +1,399 @@
+"""The `nestdnn` command: one subcommand per stage, the only module that imports every stage.
+
+Stage packages expose `configure_<command>(parser)` and `run_<command>(args) -> int` in a
+`cli` module; they are imported only when their subcommand is chosen, so `nestdnn --help`
+stays fast. A stage whose module (or functions) does not exist yet reports "not implemented
+yet". A NestError anywhere ends the command with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from nestdnn.errors import NestError
+
+log = logging.getLogger("nestdnn")
+
+Configure = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    module: str  # where configure_<name> / run_<name> live
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends an option's default to its help, unless the default is None or False."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default is not None and default is not False and default != argparse.SUPPRESS:
+            text += " (default: %(default)s)"
+        return text
+
+
+COMMANDS = (
+    Command("train", "train a vanilla model on a data set", "nestdnn.cli"),
+    Command("prune", "TRR filter pruning: seed model and roadmap", "pruning.cli"),
+    Command("recover", "freeze-&-grow: build the multi-capacity model", "recovery.cli"),
+    Command("inspect", "show what a checkpoint holds", "nestdnn.cli"),
+    Command("profile", "profile every descendant: accuracy, memory, MACs, latency", "profiles.cli"),
+    Command("export", "export descendants to TFLite", "profiles.cli"),
+    Command("schedule", "solve a schedule for a set of apps", "scheduler.cli"),
+    Command("simulate", "replay an app trace through the scheduler", "scheduler.cli"),
+    Command("serve", "run the scheduler daemon and its REST API", "api.cli"),
+    Command("demo", "run the whole pipeline end to end", "nestdnn.demo"),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `nestdnn` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, handlers = build_parser(_chosen_command(argv))
+    try:
+        args, unknown = parser.parse_known_args(argv)
+        if unknown and args.command in handlers:  # unimplemented stages accept anything
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    except SystemExit as e:  # --help (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else 2
+    args.argv = argv
+    _setup_logging(args.verbose - args.quiet)
+    run = handlers.get(args.command)
+    try:
+        if run is None:
+            raise NestError(f"'{args.command}' is not implemented yet")
+        return run(args)
+    except NestError as e:
+        return _fail(str(e))
+    except OSError as e:  # unwritable output, full disk, ...: the user's environment
+        return _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+    except KeyboardInterrupt:
+        print("nestdnn: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser(command: str | None) -> tuple[argparse.ArgumentParser, dict[str, Run]]:
+    """The top-level parser; only `command`'s stage is imported and configured."""
+    parser = argparse.ArgumentParser(
+        prog="nestdnn",
+        description="Multi-capacity models and a resource-aware scheduler for"
+        " multi-tenant on-device vision (after NestDNN, MobiCom 2018).",
+        epilog="Run 'nestdnn COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    handlers: dict[str, Run] = {}
+    for cmd in COMMANDS:
+        sub_parser = sub.add_parser(
+            cmd.name,
+            help=cmd.summary,
+            description=cmd.summary[0].upper() + cmd.summary[1:] + ".",
+            formatter_class=HelpFormatter,
+        )
+        if cmd.name != command:
+            continue
+        stage = _load_stage(cmd)
+        if stage is None:
+            sub_parser.description = f"{sub_parser.description} Not implemented yet."
+            continue
+        configure, run = stage
+        configure(sub_parser)
+        handlers[cmd.name] = run
+    return parser, handlers
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in `argv` (top-level options take no values)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def _load_stage(cmd: Command) -> tuple[Configure, Run] | None:
+    """`configure_<name>` and `run_<name>` from the stage's module, or None if not written yet."""
+    module: ModuleType = sys.modules[__name__]
+    if cmd.module != __name__:
+        try:
+            module = importlib.import_module(cmd.module)
+        except ModuleNotFoundError as e:
+            # Only the stage module itself being absent means "not implemented"; a missing
+            # dependency inside it is a real error.
+            if e.name is None or not (cmd.module + ".").startswith(e.name + "."):
+                raise
+            return None
+    configure = getattr(module, f"configure_{cmd.name}", None)
+    run = getattr(module, f"run_{cmd.name}", None)
+    return (configure, run) if configure and run else None
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
+    logging.getLogger().setLevel(level)
+
+
+def _fail(message: str) -> int:
+    print(f"nestdnn: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+# --- train -----------------------------------------------------------------------------------
+
+
+def configure_train(parser: argparse.ArgumentParser) -> None:
+    from nestdnn.data import DATASETS, FASHION_MNIST_DIR
+    from nestdnn.models import ARCHS
+
+    parser.description = (
+        "Train a vanilla model. Writes OUT/vanilla.pt (config + state_dict, loadable with"
+        " weights_only=True), OUT/train.json (accuracy, params, MACs, time) and a resumable"
+        " OUT/train_state.pt after every epoch: rerunning the same command after an"
+        " interruption continues from the last finished epoch."
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--arch", required=True, help=f"one of: {', '.join(ARCHS)}")
+    model.add_argument(
+        "--width-mult", type=float, default=1.0, help="scale every channel group's full width"
+    )
+    model.add_argument(
+        "--widths",
+        type=_parse_widths,
+        help="per-group widths overriding --width-mult, as JSON ('{\"features.0\": 16}')"
+        " or 'group=width,...'",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
+    data.add_argument(
+        "--data-dir",
+        help=f"where the data set lives (fashion-mnist default: {FASHION_MNIST_DIR};"
+        " cifar10: the directory holding cifar-10-batches-bin; imagefolder: the root)",
+    )
+    data.add_argument(
+        "--classes",
+        type=_parse_classes,
+        help="keep only these classes (comma-separated names or indices), relabelled in order,"
+        " e.g. 'Sandal,Sneaker,Ankle boot'",
+    )
+    data.add_argument("--val-fraction", type=float, default=0.1, help="held out from train")
+    data.add_argument("--input-size", type=int, help="resize images to this square size")
+    data.add_argument(
+        "--synthetic-classes", type=int, default=10, help="synthetic data: number of classes"
+    )
+    data.add_argument(
+        "--synthetic-channels", type=int, default=3, help="synthetic data: image channels"
+    )
+    data.add_argument(
+        "--synthetic-samples",
+        type=int,
+        default=5000,
+        help="synthetic data: training samples (test: a fifth of it)",
+    )
+    opt = parser.add_argument_group("training")
+    opt.add_argument("--epochs", type=float, default=10.0, help="fractions allowed, e.g. 0.5")
+    opt.add_argument("--batch-size", type=int, default=128, help="training batch size")
+    opt.add_argument("--lr", type=float, default=0.05, help="initial SGD learning rate")
+    opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (Nesterov)")
+    opt.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
+    opt.add_argument(
+        "--schedule", default="cosine", help="learning-rate schedule: cosine or constant"
+    )
+    opt.add_argument(
+        "--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing"
+    )
+    opt.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="random crop with padding and horizontal flip",
+    )
+    opt.add_argument("--seed", type=int, default=0, help="model init, data order and split")
+    opt.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    opt.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from nestdnn.checkpoint import save_checkpoint
+    from nestdnn.data import SyntheticConfig, load_dataset
+    from nestdnn.models import build_model, default_widths
+    from nestdnn.training import TrainConfig, evaluate, train
+
+    started = time.perf_counter()
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        label_smoothing=args.label_smoothing,
+        augment=args.augment,
+        seed=args.seed,
+        threads=args.threads,
+        progress=args.progress,
+        checkpoint_path=str(args.out / "train_state.pt"),
+    )
+    config.validate()
+    splits = load_dataset(
+        args.dataset,
+        args.data_dir,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        classes=args.classes,
+        input_size=args.input_size,
+        synthetic=SyntheticConfig(
+            num_classes=args.synthetic_classes,
+            in_channels=args.synthetic_channels,
+            input_size=args.input_size or SyntheticConfig.input_size,
+            train_size=args.synthetic_samples,
+            test_size=max(1, args.synthetic_samples // 5),
+        ),
+    )
+    widths = None
+    if args.widths is not None:
+        widths = default_widths(args.arch, splits.input_size, args.width_mult) | args.widths
+    torch.manual_seed(args.seed)
+    model = build_model(
+        args.arch,
+        in_channels=splits.in_channels,
+        num_classes=splits.num_classes,
+        input_size=splits.input_size,
+        width_mult=args.width_mult,
+        widths=widths,
+    )
+    params, macs = model.count_params(), model.count_macs()
+    log.info("%s: %.3f M params, %.2f M MACs", args.arch, params / 1e6, macs / 1e6)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = train(model, splits, config)
+    test_accuracy = evaluate(model, splits.test, config.eval_batch_size)
+    data_meta = {
+        "dataset": splits.name,
+        "data_dir": str(args.data_dir) if args.data_dir else None,
+        "class_names": list(splits.class_names),
+        "mean": list(splits.mean),
+        "std": list(splits.std),
+        # enough to reload the same split later (pruning must not see the validation data)
+        "val_fraction": args.val_fraction,
+        "seed": args.seed,
+    }
+    if splits.name == "synthetic":
+        data_meta["synthetic_samples"] = args.synthetic_samples
+    accuracy = {"val_accuracy": result.val_accuracy, "test_accuracy": test_accuracy}
+    checkpoint = save_checkpoint(args.out / "vanilla.pt", model, **data_meta, **accuracy)
+    report = {
+        "command": shlex.join(["nestdnn", *args.argv]),
+        "model": model.config.to_dict(),
+        **data_meta,
+        **accuracy,
+        "params": params,
+        "macs": macs,
+        "train_seconds": round(result.seconds, 1),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "train_config": asdict(config),
+        "history": [asdict(s) for s in result.history],
+    }
+    write_json(args.out / "train.json", report)
+    print(
+        f"test accuracy {test_accuracy:.2%} (val {_percent(result.val_accuracy)}),"
+        f" {params / 1e6:.3f} M params, {macs / 1e6:.2f} M MACs,"
+        f" trained {result.seconds:.0f} s -> {checkpoint}"
+    )
+    return 0
+
+
+def _parse_widths(text: str) -> dict[str, int]:
+    """'{"g": 16}' or 'g=16,h=32' -> {"g": 16, "h": 32}."""
+    try:
+        if text.lstrip().startswith("{"):
+            widths = json.loads(text)
+        else:
+            pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+            widths = {name.strip(): int(value) for name, value in pairs}
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(f"cannot parse widths {text!r}: {e}") from e
+    if not isinstance(widths, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) for k, v in widths.items()
+    ):
+        raise argparse.ArgumentTypeError(f"widths must map group names to integers: {text!r}")
+    return widths
+
+
+def _parse_classes(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write indented JSON atomically."""
+    from nestdnn.checkpoint import atomic_write
+
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+# --- inspect ---------------------------------------------------------------------------------
+
+
+def configure_inspect(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Show a checkpoint's model config, size and metadata (loaded with weights_only=True)."
+    )
+    parser.add_argument("path", type=Path, help="a checkpoint written by nestdnn (e.g. vanilla.pt)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from nestdnn.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(args.path)
+    info = {
+        **model.config.to_dict(),
+        "params": model.count_params(),
+        "macs": model.count_macs(),
+        "meta": meta,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    config = model.config
+    print(
+        f"{args.path}: {config.arch}, {config.in_channels}x{config.input_size}x"
+        f"{config.input_size} -> {config.num_classes} classes"
+    )
+    print(f"params {info['params']:,}  MACs {info['macs']:,}")
+    print("widths " + ", ".join(f"{g}={w}" for g, w in config.widths.items()))
+    for key, value in meta.items():
+        print(f"{key}: {json.dumps(value)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
