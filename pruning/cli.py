@@ -1,0 +1,201 @@
+"""`nestdnn prune`: iterative filter pruning of a vanilla model into a seed model and a roadmap."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from nestdnn.checkpoint import load_checkpoint
+from nestdnn.data import DatasetSplits, SyntheticConfig, load_dataset
+from nestdnn.errors import NestError
+from pruning.importance import CRITERIA
+from pruning.prune import PruneJob, prune
+from pruning.roadmap import ROADMAP_FILE, PruneSettings, Roadmap, RoadmapStep
+
+DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_SYNTHETIC_SAMPLES = 5000
+# Vanilla checkpoint metadata (written by `nestdnn train`) that describes the model's data and
+# its split, and so stays true for every pruned step.
+DATA_META_KEYS = (
+    "dataset",
+    "data_dir",
+    "class_names",
+    "mean",
+    "std",
+    "val_fraction",
+    "seed",
+    "synthetic_samples",
+)
+
+
+def configure_prune(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Prune a vanilla model step by step: each step removes RATIO x the original width of"
+        " every channel group (lowest importance first), fine-tunes, and evaluates on the"
+        " validation split; the last step that meets --min-accuracy is the seed. Writes"
+        " OUT/roadmap.json, OUT/step_XX.pt and OUT/seed.pt after every step: rerunning the"
+        " same command after an interruption continues after the last finished step."
+    )
+    parser.add_argument("--model", required=True, type=Path, help="the vanilla checkpoint")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", required=True, help="the data set the model was trained on")
+    data.add_argument(
+        "--data-dir", help="where the data set lives (default: as recorded in the model)"
+    )
+    data.add_argument(
+        "--val-fraction",
+        type=float,
+        help="validation split held out from train; must be the one used for training"
+        f" (default: recorded in the model, else {DEFAULT_VAL_FRACTION})",
+    )
+    data.add_argument(
+        "--split-seed",
+        type=int,
+        help="seed of the train/val split (default: recorded in the model, else 0)",
+    )
+    prune = parser.add_argument_group("pruning")
+    prune.add_argument(
+        "--criterion",
+        choices=list(CRITERIA),
+        default="trr",
+        help="channel importance: trr (Triplet Response Residual) or l1 (filter L1 norm)",
+    )
+    prune.add_argument(
+        "--min-accuracy",
+        type=float,
+        required=True,
+        help="stop at the first step whose validation accuracy is below this fraction",
+    )
+    prune.add_argument(
+        "--ratio", type=float, default=0.1, help="fraction of each group's original width per step"
+    )
+    prune.add_argument(
+        "--retrain-epochs",
+        type=float,
+        default=1.0,
+        help="fine-tuning after each step, fractions allowed (e.g. 0.5)",
+    )
+    prune.add_argument(
+        "--round-to", type=int, default=1, help="keep widths a multiple of this (at least 1)"
+    )
+    prune.add_argument("--max-steps", type=int, help="stop after this many pruning steps")
+    prune.add_argument("--triplets", type=int, default=256, help="TRR: triplets sampled")
+    prune.add_argument("--seed", type=int, default=0, help="triplet sampling and fine-tuning")
+    prune.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size")
+    prune.add_argument("--lr", type=float, default=0.01, help="fine-tuning initial learning rate")
+    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar per step (default: when stderr is a terminal)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    settings = PruneSettings(
+        criterion=args.criterion,
+        ratio=args.ratio,
+        min_accuracy=args.min_accuracy,
+        retrain_epochs=args.retrain_epochs,
+        round_to=args.round_to,
+        seed=args.seed,
+        triplets=args.triplets,
+        batch_size=args.batch_size,
+        lr=args.lr,
+    )
+    settings.validate()
+    vanilla, meta = load_checkpoint(args.model)
+    dataset = dataset_spec(args, vanilla.config.to_dict(), meta)
+    splits = load_splits(dataset)
+    job = PruneJob(
+        vanilla_path=args.model,
+        out=args.out,
+        dataset=dataset,
+        settings=settings,
+        meta={key: meta[key] for key in DATA_META_KEYS if key in meta},
+        threads=args.threads,
+    )
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    with logging_redirect_tqdm():
+        roadmap = prune(
+            vanilla, splits, job, max_steps=args.max_steps, progress=progress, on_step=print_step
+        )
+    seed = roadmap.steps[roadmap.seed_step]
+    print(
+        f"seed: step {seed.step}, {seed.params:,} params"
+        f" ({seed.params / roadmap.steps[0].params:.1%} of vanilla), val {seed.val_accuracy:.2%};"
+        f" stopped: {roadmap.stopped or 'not yet'} -> {args.out / ROADMAP_FILE}"
+    )
+    return 0
+
+
+def print_step(step: RoadmapStep, roadmap: Roadmap) -> None:
+    """One summary line per finished step (written through tqdm so bars stay intact)."""
+    vanilla = roadmap.steps[0]
+    width_share = step.total_width / vanilla.total_width
+    tqdm.write(
+        f"step {step.step:2d}: width {step.total_width} ({width_share:.0%}),"
+        f" params {step.params:,} ({step.params / vanilla.params:.1%}),"
+        f" MACs {step.macs:,}, val acc {step.val_accuracy:.2%}"
+    )
+
+
+def dataset_spec(
+    args: argparse.Namespace, model_config: Mapping[str, Any], meta: Mapping[str, Any]
+) -> dict[str, Any]:
+    """How to reload the vanilla model's data: ``load_dataset`` arguments, recorded in the roadmap.
+
+    The split must be the one the vanilla model was trained with, so the validation split
+    stays unseen; settings the checkpoint records are used unless given on the command line.
+    """
+    trained_on = meta.get("dataset")
+    if isinstance(trained_on, str) and trained_on != args.dataset:
+        raise NestError(
+            f"{args.model} was trained on {trained_on}, not {args.dataset}; prune it on its own"
+            " data set"
+        )
+    synthetic = None
+    if args.dataset == "synthetic":
+        samples = int(meta.get("synthetic_samples", DEFAULT_SYNTHETIC_SAMPLES))
+        synthetic = {
+            "num_classes": model_config["num_classes"],
+            "in_channels": model_config["in_channels"],
+            "input_size": model_config["input_size"],
+            "train_size": samples,
+            "test_size": max(1, samples // 5),
+        }
+    class_names = meta.get("class_names")
+    return {
+        "name": args.dataset,
+        "data_dir": args.data_dir or meta.get("data_dir"),
+        "classes": list(class_names) if class_names else None,
+        "input_size": model_config["input_size"],
+        "val_fraction": _first(args.val_fraction, meta.get("val_fraction"), DEFAULT_VAL_FRACTION),
+        "seed": _first(args.split_seed, meta.get("seed"), 0),
+        "synthetic": synthetic,
+    }
+
+
+def load_splits(spec: Mapping[str, Any]) -> DatasetSplits:
+    """Load the data set a ``dataset_spec`` describes (train/val/test splits)."""
+    return load_dataset(
+        spec["name"],
+        spec["data_dir"],
+        val_fraction=spec["val_fraction"],
+        seed=spec["seed"],
+        classes=spec["classes"],
+        input_size=spec["input_size"],
+        synthetic=SyntheticConfig(**spec["synthetic"]) if spec["synthetic"] else None,
+    )
+
+
+def _first(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
