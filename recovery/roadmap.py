@@ -6,12 +6,11 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from nestdnn.data import DatasetSplits, SyntheticConfig, load_dataset
+from nestdnn.data import DatasetSplits
 from nestdnn.errors import NestError
 from nestdnn.models import ModelConfig
+from pruning.cli import load_splits
 from pruning.roadmap import ROADMAP_FILE, Roadmap, RoadmapStep, load_roadmap
-
-DEFAULT_VAL_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -61,20 +60,10 @@ def open_prune_run(prune_dir: str | Path) -> PruneRun:
 def load_run_splits(
     run: PruneRun, dataset: str | None = None, data_dir: str | Path | None = None
 ) -> DatasetSplits:
-    """The data set the roadmap names (or ``dataset`` / ``data_dir`` instead), same val split."""
-    info = run.roadmap.dataset
-    config = run.model_config
-    return load_dataset(
-        dataset or info["name"],
-        data_dir if data_dir is not None else info.get("data_dir"),
-        val_fraction=info.get("val_fraction", DEFAULT_VAL_FRACTION),
-        seed=info.get("seed", run.roadmap.settings.seed),
-        classes=info.get("classes"),
-        input_size=config.input_size,
-        synthetic=SyntheticConfig(
-            num_classes=config.num_classes,
-            in_channels=config.in_channels,
-            input_size=config.input_size,
-            **info.get("synthetic", {}),
-        ),
-    )
+    """The data set (and train/val split) the roadmap records, optionally from elsewhere."""
+    spec = dict(run.roadmap.dataset)
+    if dataset is not None:
+        spec["name"] = dataset
+    if data_dir is not None:
+        spec["data_dir"] = str(data_dir)
+    return load_splits(spec)
