@@ -1,0 +1,262 @@
+"""Profiling a ``.nest`` file: accuracy, memory and latency of every descendant, per backend.
+
+Order of work: TFLite conversion (cached), test accuracy (torch), peak RSS (one subprocess per
+descendant and backend, run side by side, since RSS is per process), then latency, one
+backend at a time, with nothing else of ours running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from nestdnn.errors import NestError
+from nestdnn.nestfile import Manifest, load_descendant, read_manifest
+from profiles.accuracy import descendant_accuracies, load_test_split
+from profiles.device import ConditionsRecorder, describe_device
+from profiles.latency import LatencySettings, measure_interleaved
+from profiles.memory import measure_memory
+from profiles.nestinfo import file_sha256, input_shape
+from profiles.schema import (
+    BACKENDS,
+    SCHEMA_VERSION,
+    Backend,
+    BackendProfile,
+    Conditions,
+    DatasetInfo,
+    DescendantProfile,
+    LatencyStats,
+    MemoryStats,
+    ModelId,
+    Profile,
+)
+from profiles.tflite import BackendUnavailable, converted_descendants, tflite_runner
+from profiles.torch_backend import torch_runner, torch_threads
+
+log = logging.getLogger(__name__)
+
+TFLITE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """What to measure and how."""
+
+    backends: tuple[Backend, ...] = BACKENDS
+    latency: LatencySettings = field(default_factory=LatencySettings)
+    memory_runs: int = 5
+    batch_size: int = 256
+    progress: bool = False
+
+    def validate(self) -> None:
+        self.latency.validate()
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown or not self.backends:
+            given = ", ".join(unknown) or "(none)"
+            raise NestError(f"unknown backend {given}; choose from {', '.join(BACKENDS)}")
+        if self.memory_runs < 1 or self.batch_size < 1:
+            raise NestError("memory runs and batch size must be at least 1")
+
+
+@dataclass
+class Measured:
+    """Latency and machine conditions of every descendant on one backend."""
+
+    latencies: list[LatencyStats]
+    conditions: Conditions
+
+
+@dataclass
+class Stage:
+    """A stage's share of the progress bar."""
+
+    bar: tqdm
+    remaining: int
+
+    def step(self) -> None:
+        self.remaining -= 1
+        self.bar.update()
+
+    def abandon(self) -> None:
+        """Take the steps this stage will not do off the bar's total."""
+        self.bar.total -= self.remaining
+        self.remaining = 0
+        self.bar.refresh()
+
+
+@dataclass
+class Progress:
+    """One tqdm bar for the whole profile; each stage extends its total when it starts."""
+
+    bar: tqdm
+
+    def stage(self, steps: int, name: str) -> Stage:
+        self.bar.total = (self.bar.total or 0) + steps
+        self.bar.set_description(name)
+        self.bar.refresh()
+        return Stage(self.bar, steps)
+
+
+def profile_nest(
+    nest_path: str | Path,
+    dataset: str | None,
+    data_dir: str | Path | None,
+    settings: ProfileSettings,
+) -> Profile:
+    """Measure every descendant of ``nest_path`` and return the validated profile."""
+    settings.validate()
+    nest_path = Path(nest_path)
+    manifest = read_manifest(nest_path)
+    dataset = dataset or manifest.dataset
+    if not dataset:
+        raise NestError(f"{nest_path.name} names no data set: pass --dataset")
+    sha256 = file_sha256(nest_path)
+    indices = [d.index for d in manifest.descendants]
+    bar = tqdm(total=0, unit="step", disable=not settings.progress)
+    with bar, logging_redirect_tqdm():
+        progress = Progress(bar)
+        tflite_paths = _tflite_files(nest_path, sha256, indices, settings, progress)
+        backends = [b for b in settings.backends if b != "tflite" or tflite_paths]
+        test = load_test_split(manifest, dataset, data_dir)
+        accuracy_stage = progress.stage(len(indices), "accuracy")
+        accuracies = descendant_accuracies(
+            nest_path, indices, test, settings.batch_size, accuracy_stage.step
+        )
+        memory = measure_memories(nest_path, indices, backends, tflite_paths, settings, progress)
+        measured = {
+            b: measure_latencies(nest_path, manifest, b, tflite_paths, settings.latency, progress)
+            for b in backends
+        }
+    if tflite_paths:
+        check_tflite_matches_torch(nest_path, manifest, tflite_paths)
+    return Profile(
+        schema_version=SCHEMA_VERSION,
+        model=ModelId(file=nest_path.name, sha256=sha256, arch=manifest.arch.arch),
+        device=describe_device(settings.latency.threads),
+        created=datetime.now(timezone.utc),
+        dataset=DatasetInfo(name=dataset, test_size=len(test)),
+        backends=backends,
+        conditions={b: m.conditions for b, m in measured.items()},
+        num_descendants=len(indices),
+        descendants=[
+            DescendantProfile(
+                index=d.index,
+                widths=d.widths,
+                widths_total=sum(d.widths.values()),
+                params=d.params,
+                bytes=d.bytes,
+                macs=d.macs,
+                accuracy=accuracies[k],
+                backends={
+                    b: BackendProfile(latency=measured[b].latencies[k], memory=memory[b][k])
+                    for b in backends
+                },
+            )
+            for k, d in enumerate(manifest.descendants)
+        ],
+    )
+
+
+def _tflite_files(
+    nest_path: Path,
+    sha256: str,
+    indices: Sequence[int],
+    settings: ProfileSettings,
+    progress: Progress,
+) -> list[Path] | None:
+    """The TFLite conversions if the tflite backend is wanted and possible, else None."""
+    if "tflite" not in settings.backends:
+        return None
+    stage = progress.stage(len(indices), "tflite conversion")
+    try:
+        return converted_descendants(nest_path, sha256, indices, stage.step)
+    except BackendUnavailable as e:
+        stage.abandon()
+        if settings.backends == ("tflite",):
+            raise
+        log.warning("tflite backend skipped, writing the other backends only: %s", e)
+        return None
+
+
+def measure_memories(
+    nest_path: Path,
+    indices: Sequence[int],
+    backends: Sequence[Backend],
+    tflite_paths: Sequence[Path] | None,
+    settings: ProfileSettings,
+    progress: Progress,
+) -> dict[Backend, list[MemoryStats]]:
+    """Peak RSS of every (backend, descendant), in parallel subprocesses (one per core)."""
+    step = progress.stage(len(indices) * len(backends), "peak RSS").step
+    threads = settings.latency.threads
+
+    def one(backend: Backend, k: int) -> MemoryStats:
+        path = nest_path if backend == "torch" else tflite_paths[k]
+        stats = measure_memory(backend, path, k, threads, settings.memory_runs)
+        step()
+        return stats
+
+    jobs = [(b, k) for b in backends for k in indices]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = list(pool.map(lambda job: one(*job), jobs))
+    return {b: [r for (jb, _), r in zip(jobs, results, strict=True) if jb == b] for b in backends}
+
+
+def measure_latencies(
+    nest_path: Path,
+    manifest: Manifest,
+    backend: Backend,
+    tflite_paths: Sequence[Path] | None,
+    settings: LatencySettings,
+    progress: Progress | None = None,
+) -> Measured:
+    """Batch-1 latency of every descendant on ``backend``, interleaved in rounds."""
+    after_round = progress.stage(settings.rounds, f"latency {backend}").step if progress else None
+    recorder = ConditionsRecorder()
+    if backend == "torch":
+        with torch_threads(settings.threads), torch.inference_mode():
+            runners = [
+                torch_runner(load_descendant(nest_path, d.index), input_shape(manifest))
+                for d in manifest.descendants
+            ]
+            recorder.start()
+            latencies = measure_interleaved(runners, settings, after_round)
+    else:
+        if tflite_paths is None:
+            raise NestError("the tflite backend needs the converted descendants")
+        runners = [tflite_runner(p, settings.threads) for p in tflite_paths]
+        recorder.start()
+        latencies = measure_interleaved(runners, settings, after_round)
+    return Measured(latencies=latencies, conditions=recorder.finish())
+
+
+def check_tflite_matches_torch(
+    nest_path: Path, manifest: Manifest, tflite_paths: Sequence[Path]
+) -> None:
+    """Warn when a TFLite conversion's output differs from torch's on the fixed input."""
+    for d, path in zip(manifest.descendants, tflite_paths, strict=True):
+        with torch.inference_mode():
+            expected = torch_runner(load_descendant(nest_path, d.index), input_shape(manifest))()
+        got = tflite_runner(path, threads=1)()
+        diff = float(np.max(np.abs(np.asarray(got) - expected.numpy())))
+        scale = max(1.0, float(expected.abs().max()))
+        if diff > TFLITE_TOLERANCE * scale:
+            log.warning(
+                "TFLite descendant %d differs from torch by up to %.3g (outputs up to %.3g):"
+                " check the conversion",
+                d.index,
+                diff,
+                scale,
+            )
+        else:
+            log.info("TFLite descendant %d matches torch (max abs diff %.2g)", d.index, diff)
