@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nestdnn.checkpoint import load_checkpoint, save_checkpoint
 from nestdnn.data import DatasetSplits
@@ -120,9 +122,11 @@ def recover(
     teacher = _load_teacher(run) if config.distill else None
     levels: list[LevelResult] = []
     models: list[NestNet] = []
-    with tqdm(
-        total=plan.num_levels, desc="recover", unit="level", disable=config.progress is False
-    ) as bar:
+    show = sys.stderr.isatty() if config.progress is None else config.progress
+    with (
+        logging_redirect_tqdm(),
+        tqdm(total=plan.num_levels, desc="recover", unit="level", disable=not show) as bar,
+    ):
         for level in range(plan.num_levels):
             previous = models[-1].state_dict() if models else None
             model, result = _finished_or_grown_level(

@@ -317,6 +317,8 @@ def test_cli_recovers_explicit_steps_and_cleans_up(
     assert code == 0
     manifest = read_manifest(out)
     assert [d.roadmap_step for d in manifest.descendants] == [seed, 0]
+    # the seed is level 0 as pruned: same accuracy on the validation split the roadmap names
+    assert manifest.descendants[0].val_accuracy == recovered.run.step(seed).val_accuracy
     assert not work_dir_for(out).exists()
     table = capsys.readouterr().out
     assert f"wrote {out}" in table and table.count("%") == 4  # val and re-read, two levels
