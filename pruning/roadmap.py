@@ -133,11 +133,14 @@ class Roadmap:
         missing = [key for key in required if key not in data]
         if missing:
             raise NestError(f"{source} is missing {', '.join(missing)}")
-        try:
-            steps = [RoadmapStep(**step) for step in data["steps"]]
-            settings = PruneSettings(**{name: data[name] for name in setting_names})
-        except TypeError as e:
-            raise NestError(f"{source} has a malformed step or setting: {e}") from e
+        if not isinstance(data["model_config"], Mapping) or not isinstance(
+            data["model_config"].get("widths"), Mapping
+        ):
+            raise NestError(f"{source}: 'model_config' must be an object with 'widths'")
+        if not isinstance(data["steps"], list):
+            raise NestError(f"{source}: 'steps' must be a list")
+        steps = [_parse_step(raw, f"{source} step {i}") for i, raw in enumerate(data["steps"])]
+        settings = PruneSettings(**{name: data[name] for name in setting_names})
         roadmap = cls(
             vanilla=data["vanilla"],
             vanilla_sha256=data.get("vanilla_sha256", ""),
@@ -170,6 +173,21 @@ class Roadmap:
             if previous is not None and step.total_width >= previous.total_width:
                 raise NestError(f"{where} is not smaller than step {index - 1}")
             previous = step
+
+
+def _parse_step(raw: Any, where: str) -> RoadmapStep:
+    """One step entry with the right keys and JSON types (consistency is checked later)."""
+    names = [f.name for f in fields(RoadmapStep)]
+    if not isinstance(raw, Mapping) or sorted(raw) != sorted(names):
+        raise NestError(f"{where} must be an object with exactly {', '.join(names)}")
+    widths, kept = raw["widths"], raw["kept"]
+    if not isinstance(widths, Mapping) or not all(isinstance(w, int) for w in widths.values()):
+        raise NestError(f"{where}: 'widths' must map groups to integers")
+    if not isinstance(kept, Mapping) or not all(
+        isinstance(k, list) and all(isinstance(c, int) for c in k) for k in kept.values()
+    ):
+        raise NestError(f"{where}: 'kept' must map groups to lists of channel indices")
+    return RoadmapStep(**raw)
 
 
 def _check_kept(

@@ -317,6 +317,30 @@ def test_seed_meets_min_accuracy_and_is_the_last_step(
     assert written["seed_step"] == seed.step and written["stopped"] in ("max_steps", "min_accuracy")
 
 
+def test_load_roadmap_rejects_inconsistent_files(
+    vgg_run: tuple[Roadmap, Path], tmp_path: Path
+) -> None:
+    data = vgg_run[0].to_dict()
+    path = tmp_path / "roadmap.json"
+    last = len(data["steps"]) - 1  # tamper with the last step: no later step depends on it
+    previous, final = data["steps"][last - 1]["kept"], data["steps"][last]["kept"]
+    group = next(g for g in previous if len(previous[g]) < data["model_config"]["widths"][g])
+    gone = min(set(range(data["model_config"]["widths"][group])) - set(previous[group]))
+    tampered = copy.deepcopy(data)
+    tampered["steps"][last]["kept"][group] = sorted([*final[group][1:], gone])
+    path.write_text(json.dumps(tampered))
+    with pytest.raises(NestError, match=f"step {last}: group {group} keeps channels the previous"):
+        load_roadmap(path)
+    tampered = copy.deepcopy(data)
+    tampered["steps"][1]["kept"] = "all"
+    path.write_text(json.dumps(tampered))
+    with pytest.raises(NestError, match="'kept' must map groups to lists"):
+        load_roadmap(path)
+    path.write_text(json.dumps(data)[:-20])
+    with pytest.raises(NestError, match="cannot read roadmap"):
+        load_roadmap(path)
+
+
 def test_first_step_below_min_accuracy_is_discarded(
     vanilla_file: Path, vgg: NestNet, splits: DatasetSplits, tmp_path: Path, monkeypatch
 ) -> None:
