@@ -8,17 +8,31 @@ assigned). No assertion depends on wall-clock time.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import random
 import shutil
-from collections.abc import Iterator
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
+from nestdnn.errors import NestError
 from scheduler.backends import TorchBackend
 from scheduler.catalogue import ModelCatalogue
+from scheduler.errors import FrameDropped, Infeasible, QueueFull, UnknownApp, UnknownModel
 from scheduler.manager import ModelManager, Target
+from scheduler.runtime import AppSpec, Prediction, Runtime, RuntimeSettings, Snapshot
+from scheduler.state import RuntimeState
 from scheduler.synthetic_models import synthetic_models_dir
 
 MODELS = ("cam", "mic")
@@ -187,3 +201,310 @@ def test_swapping_loads_on_demand_and_evicts_the_least_recently_used(
     assert (manager.info("a").loads, manager.info("b").loads) == (2, 1)
     assert manager.info("b").descendant is None  # evicted for a's second turn
     assert (manager.info("a").switches, manager.info("b").switches) == (0, 0)
+
+
+# -------------------------------------------------------------------------------- runtime
+
+
+@pytest.fixture
+def make_runtime(catalogue: ModelCatalogue) -> Iterator[Callable[..., Runtime]]:
+    """Start runtimes on the shared catalogue; all are stopped at the end of the test."""
+    started: list[Runtime] = []
+
+    def make(budget: int, state_dir: Path | None = None,
+             ledger: Callable[[int, int, str], None] | None = None,
+             **settings: Any) -> Runtime:
+        rt = Runtime(catalogue, RuntimeSettings(memory_budget_bytes=budget, state_dir=state_dir,
+                                                **settings), ledger_observer=ledger)
+        rt.start()
+        started.append(rt)
+        return rt
+
+    yield make
+    for rt in started:
+        rt.stop()
+
+
+def plan_of(snapshot: Snapshot) -> dict[str, tuple[str, int, float]]:
+    return {a.id: (a.model, a.descendant, a.share) for a in snapshot.apps}
+
+
+def test_register_runs_frames_on_the_planned_descendant(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime]
+) -> None:
+    cam, mic = sizes(catalogue, "cam"), sizes(catalogue, "mic")
+    rt = make_runtime(cam[2] + mic[2])
+    a = rt.register(AppSpec(model="cam", fps=30.0))
+    b = rt.register(AppSpec(model="mic", target_latency_s=0.2, priority=2.0, name="mic app"))
+    assert b.name == "mic app" and b.priority == 2.0 and b.fps is None
+    snap = rt.snapshot()
+    assert {s.id for s in snap.apps} == {a.id, b.id}
+    assert snap.accounted_bytes == sum(s.resident_bytes for s in snap.apps)
+    assert snap.accounted_bytes <= snap.memory_budget_bytes
+    assert sum(s.share for s in snap.apps) <= 1.0 + 1e-9
+    assert rt._executor.shares() == pytest.approx({s.id: s.share for s in snap.apps})
+    prediction = rt.submit(b.id, frame_for(catalogue, "mic")).result(timeout=60)
+    planned = next(s for s in snap.apps if s.id == b.id)
+    assert prediction.descendant == planned.descendant
+    assert sum(prediction.probabilities) == pytest.approx(1.0, abs=1e-5)
+    assert prediction.label == max(range(4), key=prediction.probabilities.__getitem__)
+    assert rt.snapshot().apps[1].frames == 1
+
+
+def test_bad_requests_are_refused_with_clear_errors(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime]
+) -> None:
+    rt = make_runtime(sum(sizes(catalogue, "cam")))
+    with pytest.raises(UnknownModel, match="no model 'nope'"):
+        rt.register(AppSpec(model="nope", fps=30.0))
+    with pytest.raises(NestError, match="target_latency_s or fps"):
+        AppSpec(model="cam")
+    with pytest.raises(NestError, match="min_accuracy"):
+        rt.register(AppSpec(model="cam", fps=30.0, min_accuracy=0.99))
+    app = rt.register(AppSpec(model="cam", fps=30.0))
+    with pytest.raises(NestError, match=r"shape \(1, 16, 16\)"):
+        rt.submit(app.id, torch.zeros(3, 16, 16))
+    with pytest.raises(UnknownApp):
+        rt.submit("missing", frame_for(catalogue, "cam"))
+    with pytest.raises(NestError, match="policy must be one of"):
+        rt.set_policy(policy="fastest")  # type: ignore[arg-type]
+    rt.unregister(app.id)
+    with pytest.raises(UnknownApp):
+        rt.unregister(app.id)
+
+
+def test_min_accuracy_limits_the_descendants_an_app_may_get(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime]
+) -> None:
+    cam = catalogue.entries["cam"].descendants("torch")
+    rt = make_runtime(sum(sizes(catalogue, "cam")))
+    info = rt.register(AppSpec(model="cam", fps=1.0, min_accuracy=cam[1].accuracy))
+    assert info.descendant >= 1
+    assert info.accuracy >= cam[1].accuracy
+
+
+def test_infeasible_registration_is_refused_and_changes_nothing(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime], tmp_path: Path
+) -> None:
+    cam, mic = sizes(catalogue, "cam"), sizes(catalogue, "mic")
+    budget = cam[0] + mic[0] - 1000  # a cam fits; a mic beside it misses 1000 bytes
+    rt = make_runtime(budget, state_dir=tmp_path)
+    rt.register(AppSpec(model="cam", fps=30.0))
+    before, state_before = rt.snapshot(), (tmp_path / "state.json").read_bytes()
+
+    with pytest.raises(Infeasible) as refused:
+        rt.register(AppSpec(model="mic", fps=30.0))
+
+    assert refused.value.bytes_missing == 1000
+    after = rt.snapshot()
+    assert plan_of(after) == plan_of(before)
+    assert after.accounted_bytes == before.accounted_bytes
+    assert (tmp_path / "state.json").read_bytes() == state_before
+    assert rt._executor.shares().keys() == {a.id for a in before.apps}
+
+
+def test_a_request_in_flight_finishes_on_its_descendant_and_one_sent_mid_switch_completes(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime]
+) -> None:
+    """Frame 1 is running on d2 when a smaller budget forces a downgrade; frame 2 is
+    submitted while the switch is half done (both descendants accounted)."""
+    cam = sizes(catalogue, "cam")
+    mid_switch: list[Future[Prediction]] = []
+    ledger = Ledger()
+    live: dict[str, Any] = {}
+
+    def submit_mid_switch(accounted: int, limit: int, why: str) -> None:
+        ledger(accounted, limit, why)
+        if "in place" in why and not mid_switch:
+            mid_switch.append(live["rt"].submit(live["app"], live["frame"]))
+
+    rt = make_runtime(cam[2] + cam[1], ledger=submit_mid_switch)
+    app = rt.register(AppSpec(model="cam", target_latency_s=10.0))
+    assert app.descendant == 2
+    frame = frame_for(catalogue, "cam")
+    live.update(rt=rt, app=app.id, frame=frame)
+    gate, running = threading.Event(), threading.Event()
+    run = rt._executor._runner
+
+    def gated(app_id: str, f: torch.Tensor) -> tuple[list[float], int]:
+        running.set()
+        gate.wait()
+        return run(app_id, f)
+
+    rt._executor._runner = gated  # white-box: hold the first frame in flight
+    in_flight = rt.submit(app.id, frame)
+    assert running.wait(timeout=60)
+    shrink = threading.Thread(target=rt.set_policy, kwargs={"memory_budget_bytes": cam[1]})
+    shrink.start()
+    while not rt._executor._apps[app.id].held:  # the switch waits for the frame in flight
+        time.sleep(0.001)
+    gate.set()
+    shrink.join(timeout=120)
+
+    assert in_flight.result(timeout=60).descendant == 2
+    assert len(mid_switch) == 1
+    late = mid_switch[0].result(timeout=60)
+    assert late.descendant == rt.snapshot().apps[0].descendant < 2
+    assert sum(late.probabilities) == pytest.approx(1.0, abs=1e-5)
+    assert ledger.over_limit() == []
+
+
+def test_every_frame_gets_exactly_one_outcome_while_apps_come_and_go(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime]
+) -> None:
+    """8 threads submit to random app ids while a 9th registers and unregisters apps."""
+    cam, mic = sizes(catalogue, "cam"), sizes(catalogue, "mic")
+    rt = make_runtime(cam[2] + mic[2], queue_size=2)
+    frames = {m: frame_for(catalogue, m) for m in MODELS}
+    live: list[tuple[str, str]] = [(rt.register(AppSpec(model=m, fps=30.0)).id, m)
+                                   for m in MODELS]
+    lock = threading.Lock()
+    outcomes: Counter[str] = Counter()
+    futures: list[Future[Prediction]] = []
+
+    def submitter(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(60):
+            with lock:
+                app_id, model = rng.choice(live)
+            try:
+                future = rt.submit(app_id, frames[model])
+            except (UnknownApp, QueueFull):
+                outcome = "refused"
+            else:
+                futures.append(future)
+                continue
+            with lock:
+                outcomes[outcome] += 1
+
+    def churn() -> None:
+        rng = random.Random(99)
+        for _ in range(6):
+            model = rng.choice(MODELS)
+            new = rt.register(AppSpec(model=model, fps=30.0))
+            with lock:
+                live.append((new.id, model))
+                gone = live.pop(rng.randrange(len(live) - 1))
+            rt.unregister(gone[0])
+
+    threads = [threading.Thread(target=submitter, args=(s,)) for s in range(8)]
+    threads.append(threading.Thread(target=churn))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for future in futures:
+        try:
+            prediction = future.result(timeout=120)
+        except FrameDropped:
+            outcomes["dropped"] += 1
+        else:
+            assert sum(prediction.probabilities) == pytest.approx(1.0, abs=1e-5)
+            outcomes["result"] += 1
+    assert sum(outcomes.values()) == 8 * 60
+    assert outcomes["result"] > 0
+    snap = rt.snapshot()
+    assert len(snap.apps) == len(MODELS)
+    assert snap.accounted_bytes <= snap.memory_budget_bytes
+
+
+def test_restart_restores_apps_policy_and_the_same_plan(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime], tmp_path: Path
+) -> None:
+    cam, mic = sizes(catalogue, "cam"), sizes(catalogue, "mic")
+    rt = make_runtime(cam[2] + mic[1], state_dir=tmp_path)
+    a = rt.register(AppSpec(model="cam", fps=30.0, name="camera"))
+    rt.register(AppSpec(model="mic", target_latency_s=0.05, priority=3.0))
+    rt.update(a.id, priority=2.0)
+    rt.set_policy(alpha=0.5)
+    before = rt.snapshot()
+    rt.stop()
+
+    again = make_runtime(cam[0] + mic[0], state_dir=tmp_path, policy="min-max-cost")
+    after = again.snapshot()
+    assert plan_of(after) == plan_of(before)
+    assert (after.policy, after.alpha, after.memory_budget_bytes) == (
+        "min-total-cost", 0.5, cam[2] + mic[1])
+    assert [(s.name, s.priority, s.fps, s.target_latency_s) for s in after.apps] == [
+        (s.name, s.priority, s.fps, s.target_latency_s) for s in before.apps]
+    assert after.accounted_bytes == before.accounted_bytes
+    assert again.submit(a.id, frame_for(catalogue, "cam")).result(timeout=60).descendant == (
+        plan_of(before)[a.id][1])
+
+
+def test_a_corrupt_state_file_is_moved_aside_and_the_runtime_starts_empty(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (tmp_path / "state.json").write_text('{"format": "nestdnn-runtime-state", "apps": [')
+    with caplog.at_level(logging.WARNING, logger="scheduler.state"):
+        rt = make_runtime(sum(sizes(catalogue, "cam")), state_dir=tmp_path)
+    assert rt.snapshot().apps == []
+    aside = list(tmp_path.glob("state.json.corrupt-*"))
+    assert len(aside) == 1
+    assert aside[0].read_text().startswith('{"format"')
+    assert "moved it to" in caplog.text
+    rt.register(AppSpec(model="cam", fps=30.0))
+    assert json.loads((tmp_path / "state.json").read_text())["apps"][0]["model"] == "cam"
+
+
+def test_state_is_written_atomically(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime], tmp_path: Path
+) -> None:
+    rt = make_runtime(sum(sizes(catalogue, "cam")), state_dir=tmp_path)
+    rt.register(AppSpec(model="cam", fps=30.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no temp file left
+    state = RuntimeState.model_validate_json((tmp_path / "state.json").read_text())
+    assert len(state.apps) == 1
+    assert state.plan is not None and [a.name for a in state.plan.apps] == [state.apps[0].id]
+
+
+# ----------------------------------------------------------------- memory budget property
+
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("register"), st.sampled_from(MODELS),
+                  st.sampled_from([5.0, 30.0, 120.0]), st.sampled_from([0.5, 1.0, 3.0])),
+        st.tuples(st.just("unregister"), st.integers(0, 10)),
+        st.tuples(st.just("budget"), st.sampled_from([0.05, 0.1, 0.2, 0.35, 0.6, 1.0])),
+    ),
+    min_size=4, max_size=10,
+)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_accounted_bytes_never_exceed_the_budget(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime],
+    ops: list[tuple[Any, ...]],
+) -> None:
+    """Any sequence of register / unregister / budget changes: at every ledger step the
+    accounted bytes stay within the limit in force, and after every event within the budget;
+    refused events leave the plan as it was."""
+    largest = sum(sizes(catalogue, m)[2] for m in MODELS)
+    ledger = Ledger()
+    rt = make_runtime(largest, ledger=ledger)
+    apps: list[str] = []
+    for op in ops:
+        before = rt.snapshot()
+        try:
+            if op[0] == "register":
+                apps.append(rt.register(AppSpec(model=op[1], fps=op[2], priority=op[3])).id)
+            elif op[0] == "unregister" and apps:
+                rt.unregister(apps.pop(op[1] % len(apps)))
+            elif op[0] == "budget":
+                rt.set_policy(memory_budget_bytes=int(op[1] * largest))
+        except Infeasible:
+            event("refused as infeasible")
+            assert plan_of(rt.snapshot()) == plan_of(before)
+        snap = rt.snapshot()
+        assert snap.accounted_bytes <= snap.memory_budget_bytes
+        assert snap.accounted_bytes == sum(
+            sizes(catalogue, a.model)[a.descendant] for a in snap.apps)
+    assert ledger.over_limit() == []
+    for kind in ("in place", "before a cold load"):
+        if any(kind in why for _, _, why in ledger.steps):
+            event(f"switch {kind}")
+    rt.stop()

@@ -1,0 +1,97 @@
+"""From registered apps to the scheduler's problem and back: the runtime's planning step.
+
+Each app becomes one `scheduler.problem.App` named by its app id: its model's descendants on
+the runtime's backend (only those reaching the app's ``min_accuracy``, if it set one), its
+latency target T (``target_latency_s``, or ``1 / fps`` when only a frame rate was given) and
+its priority. The switch-aware re-solve of the scheduler decides, given the plan in force;
+the answer is mapped back to the model's own descendant indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from nestdnn.errors import NestError
+from scheduler.backends import Backend
+from scheduler.catalogue import CatalogueEntry
+from scheduler.errors import Infeasible
+from scheduler.problem import App, Method, Policy, Problem, Solution
+from scheduler.solve import Tolerance, resolve
+from scheduler.specs import AppSpec
+
+
+@dataclass(frozen=True)
+class PlannedApp:
+    """An app as the planner sees it: id, model and spec."""
+
+    id: str
+    entry: CatalogueEntry
+    spec: AppSpec
+
+
+def allowed_descendants(app: PlannedApp, backend: Backend) -> list[int]:
+    """Descendant indices the app may run: those reaching its min_accuracy (all if unset)."""
+    table = backend.descendants(app.entry)
+    floor = app.spec.min_accuracy
+    allowed = [k for k, d in enumerate(table) if floor is None or d.accuracy >= floor]
+    if not allowed:
+        best = max(d.accuracy for d in table)
+        raise NestError(
+            f"no descendant of {app.entry.name} reaches min_accuracy {floor}"
+            f" (the best has {best:.4f})"
+        )
+    return allowed
+
+
+def plan(
+    apps: Sequence[PlannedApp],
+    backend: Backend,
+    *,
+    policy: Policy,
+    method: Method,
+    alpha: float,
+    memory_budget_bytes: int,
+    share_step: float,
+    switch_tolerance: float,
+    current: Solution | None,
+) -> Solution:
+    """The switch-aware plan for ``apps``; raises `Infeasible` (with bytes missing) if none fits.
+
+    ``current`` is the plan in force (in model descendant indices), kept when the new optimum
+    is not better by more than ``switch_tolerance`` (relative). When swapping (the baseline's
+    models do not fit together), every single model must still fit the budget.
+    """
+    allowed = {app.id: allowed_descendants(app, backend) for app in apps}
+    problem = Problem(
+        apps=[_problem_app(app, backend, allowed[app.id]) for app in apps],
+        memory_budget_bytes=memory_budget_bytes,
+        alpha=alpha,
+        share_step=share_step,
+    )
+    in_problem = None if current is None else _reindexed(
+        current, {a: {k: i for i, k in enumerate(ks)} for a, ks in allowed.items()})
+    solution = resolve(problem, in_problem, policy=policy, method=method,
+                       tolerance=Tolerance(rel=switch_tolerance))
+    if not solution.feasible:
+        raise Infeasible(f"refused: {solution.reason}", bytes_missing=solution.bytes_missing or 0)
+    largest = max((a.memory_bytes for a in solution.apps), default=0)
+    if largest > memory_budget_bytes:
+        raise Infeasible(
+            f"refused: a model of {largest:,} bytes cannot be swapped in within the memory"
+            f" budget of {memory_budget_bytes:,}", bytes_missing=largest - memory_budget_bytes)
+    return _reindexed(solution, {a: dict(enumerate(ks)) for a, ks in allowed.items()})
+
+
+def _problem_app(app: PlannedApp, backend: Backend, allowed: list[int]) -> App:
+    table = backend.descendants(app.entry)
+    return App(name=app.id, target_latency_s=app.spec.latency_target_s,
+               priority=app.spec.priority, descendants=[table[k] for k in allowed])
+
+
+def _reindexed(solution: Solution, index: Mapping[str, Mapping[int, int]]) -> Solution:
+    """The solution with each app's descendant mapped through ``index[app]`` (apps not in
+    ``index``, or descendants it does not map, are left out)."""
+    apps = [a.model_copy(update={"descendant": index[a.name][a.descendant]})
+            for a in solution.apps if a.descendant in index.get(a.name, {})]
+    return solution.model_copy(update={"apps": apps})

@@ -1,0 +1,384 @@
+"""The daemon runtime: apps register, frames run, every event re-plans and the plan is applied.
+
+`Runtime` ties the parts together: the catalogue (which models exist), the scheduler (which
+descendant and share each app gets), the model manager (resident descendants within the
+memory budget) and the executor (per-app queues, weighted-fair compute sharing). Every event
+-- register, unregister, update, set_policy -- re-solves with the switch-aware solver and
+applies the plan (downgrades before upgrades) before it returns; events are serialised,
+while frames keep flowing. The registered apps, the policy, the budget and the plan in force
+are persisted atomically after every event and restored by `start`.
+
+See docs/runtime.md for the threading model and docs/formats.md for the API contract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from nestdnn.errors import NestError
+from scheduler.backends import Backend, TfliteBackend, TorchBackend
+from scheduler.catalogue import CatalogueEntry, ModelCatalogue, RejectedModel
+from scheduler.errors import Infeasible, UnknownApp, UnknownModel
+from scheduler.executor import Executor, JobObserver, Prediction
+from scheduler.manager import LedgerObserver, ModelManager, Target
+from scheduler.planning import PlannedApp, plan
+from scheduler.problem import Method, Policy, Solution
+from scheduler.specs import (
+    AppInfo,
+    AppSpec,
+    AppStatus,
+    RuntimeSettings,
+    Snapshot,
+    check_policy,
+)
+from scheduler.state import PersistedApp, RuntimeState, load_state, save_state
+
+__all__ = [
+    "AppInfo",
+    "AppSpec",
+    "AppStatus",
+    "CatalogueEntry",
+    "ModelCatalogue",
+    "Prediction",
+    "RejectedModel",
+    "Runtime",
+    "RuntimeSettings",
+    "Snapshot",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _App:
+    """A registered app: id, display name and the spec in force."""
+
+    id: str
+    name: str
+    spec: AppSpec
+
+
+@dataclass(frozen=True)
+class _Committed:
+    """Everything an event decides, replaced as a whole so readers see one consistent plan."""
+
+    policy: Policy
+    method: Method
+    alpha: float
+    memory_budget_bytes: int
+    apps: dict[str, _App]
+    solution: Solution | None
+
+    def assignment(self, app_id: str) -> tuple[int, float, float]:
+        """(descendant, share, accuracy) of an app in the plan."""
+        assert self.solution is not None
+        for a in self.solution.apps:
+            if a.name == app_id:
+                return a.descendant, a.share, a.accuracy
+        raise UnknownApp(f"no app with id '{app_id}'")
+
+
+class Runtime:
+    """The on-device scheduler daemon's core: a Python API, no HTTP (see `api/`)."""
+
+    def __init__(self, catalogue: ModelCatalogue, settings: RuntimeSettings, *,
+                 ledger_observer: LedgerObserver | None = None,
+                 job_observer: JobObserver | None = None) -> None:
+        self.catalogue = catalogue
+        self.settings = settings
+        self._backend = self._make_backend(settings)
+        self._manager = ModelManager(self._backend, settings.memory_budget_bytes,
+                                     observer=ledger_observer)
+        self._executor = Executor(self._manager.run, queue_size=settings.queue_size,
+                                  overflow=settings.overflow, threads=settings.threads,
+                                  observer=job_observer)
+        self._committed = _Committed(settings.policy, settings.method, settings.alpha,
+                                     settings.memory_budget_bytes, {}, None)
+        self._events = threading.Lock()
+        self._running = False
+
+    @staticmethod
+    def _make_backend(settings: RuntimeSettings) -> Backend:
+        if settings.backend == "tflite":
+            return TfliteBackend(settings.threads)
+        return TorchBackend()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Prepare the backend, restore persisted apps and their plan, start the executor."""
+        with self._events:
+            if self._running:
+                return
+            self._prepare_backend()
+            torch.set_num_threads(self.settings.threads)
+            self._restore()
+            self._executor.start()
+            self._running = True
+        log.info("runtime started: backend %s, %d threads, %d apps", self.settings.backend,
+                 self.settings.threads, len(self._committed.apps))
+
+    def stop(self) -> None:
+        """Let the job in flight finish, drop queued frames and persist the state."""
+        with self._events:
+            if not self._running:
+                return
+            self._running = False
+            self._executor.stop()
+            self._persist()
+
+    def _prepare_backend(self) -> None:
+        """Make every catalogue model loadable on the backend; those that cannot are rejected."""
+        usable = []
+        for name, entry in list(self.catalogue.entries.items()):
+            try:
+                entry.descendants(self.settings.backend)
+            except NestError as exc:
+                del self.catalogue.entries[name]
+                self.catalogue.reject(name, str(exc))
+            else:
+                usable.append(entry)
+        self._backend.prepare(usable)
+
+    # ------------------------------------------------------------------ events
+
+    def register(self, spec: AppSpec) -> AppInfo:
+        """Add an app and re-plan; refused with `Infeasible` (nothing changed) if it cannot fit."""
+        with self._events:
+            self._require_running()
+            self._entry(spec.model)
+            app = _App(uuid.uuid4().hex[:12], spec.name or spec.model, spec)
+            apps = {**self._committed.apps, app.id: app}
+            solution = self._solve(apps, self._committed)
+            share = _share_of(solution, app.id)
+            self._executor.add_app(app.id, share)
+            try:
+                self._apply(apps, solution, self._committed.memory_budget_bytes)
+            except BaseException:
+                self._executor.remove_app(app.id)
+                self._manager.forget(app.id)
+                raise
+            self._commit(replace(self._committed, apps=apps, solution=solution))
+            return self._info(app.id)
+
+    def update(self, app_id: str, *, priority: float | None = None,
+               target_latency_s: float | None = None, fps: float | None = None) -> AppInfo:
+        """Change an app's priority or targets and re-plan (None leaves a field as it is)."""
+        with self._events:
+            self._require_running()
+            app = self._app(app_id)
+            changes = {k: v for k, v in (("priority", priority), ("fps", fps),
+                                         ("target_latency_s", target_latency_s)) if v is not None}
+            updated = replace(app, spec=replace(app.spec, **changes))
+            apps = {**self._committed.apps, app_id: updated}
+            solution = self._solve(apps, self._committed)
+            self._apply(apps, solution, self._committed.memory_budget_bytes)
+            self._commit(replace(self._committed, apps=apps, solution=solution))
+            return self._info(app_id)
+
+    def unregister(self, app_id: str) -> None:
+        """Remove an app: its queued frames are dropped, its job in flight finishes; re-plan."""
+        with self._events:
+            self._require_running()
+            self._app(app_id)
+            apps = {a: app for a, app in self._committed.apps.items() if a != app_id}
+            solution = self._solve(apps, self._committed)
+            self._executor.remove_app(app_id)
+            self._manager.forget(app_id)
+            self._apply(apps, solution, self._committed.memory_budget_bytes)
+            self._commit(replace(self._committed, apps=apps, solution=solution))
+
+    def set_policy(self, policy: Policy | None = None, alpha: float | None = None,
+                   memory_budget_bytes: int | None = None,
+                   method: Method | None = None) -> Snapshot:
+        """Change policy, alpha, budget or solver method and re-plan; `Infeasible` if no fit."""
+        with self._events:
+            self._require_running()
+            current = self._committed
+            new = replace(
+                current,
+                policy=current.policy if policy is None else policy,
+                method=current.method if method is None else method,
+                alpha=current.alpha if alpha is None else alpha,
+                memory_budget_bytes=(current.memory_budget_bytes if memory_budget_bytes is None
+                                     else memory_budget_bytes),
+            )
+            check_policy(new.policy, new.method, new.alpha, new.memory_budget_bytes)
+            solution = self._solve(current.apps, new)
+            self._apply(current.apps, solution, new.memory_budget_bytes)
+            self._commit(replace(new, solution=solution))
+        return self.snapshot()
+
+    # ------------------------------------------------------------------ frames
+
+    def submit(self, app_id: str, frame: Tensor) -> Future[Prediction]:
+        """Queue one normalised (C, H, W) float32 frame; the future gives its `Prediction`."""
+        app = self._committed.apps.get(app_id)
+        if app is None or not self._running:
+            raise UnknownApp(f"no app with id '{app_id}'"
+                             + ("" if self._running else " (the runtime is not running)"))
+        self._check_frame(frame, self.catalogue.entries[app.spec.model])
+        return self._executor.submit(app_id, frame)
+
+    @staticmethod
+    def _check_frame(frame: Tensor, entry: CatalogueEntry) -> None:
+        if not isinstance(frame, Tensor):
+            raise NestError(f"a frame must be a torch tensor, got {type(frame).__name__}")
+        if frame.dtype != torch.float32 or tuple(frame.shape) != entry.input_shape:
+            raise NestError(
+                f"model {entry.name} takes float32 frames of shape {entry.input_shape},"
+                f" got {frame.dtype} {tuple(frame.shape)}"
+            )
+
+    # ------------------------------------------------------------------ views
+
+    def snapshot(self) -> Snapshot:
+        """Policy, budget, accounted bytes, the plan and every app's measured figures."""
+        committed = self._committed
+        solution = committed.solution
+        statuses = []
+        for app in committed.apps.values():
+            try:
+                statuses.append(self._status(committed, app))
+            except UnknownApp:  # unregistered while we looked
+                continue
+        return Snapshot(
+            policy=committed.policy, method=committed.method, alpha=committed.alpha,
+            memory_budget_bytes=committed.memory_budget_bytes,
+            accounted_bytes=self._manager.accounted_bytes,
+            objective=None if solution is None else solution.objective,
+            feasible=True if solution is None else solution.feasible,
+            apps=statuses, swapping=self._manager.swapping,
+        )
+
+    def _status(self, committed: _Committed, app: _App) -> AppStatus:
+        descendant, share, accuracy = committed.assignment(app.id)
+        resident = self._manager.info(app.id)
+        counters = self._executor.counters(app.id)
+        return AppStatus(
+            id=app.id, name=app.name, model=app.spec.model, descendant=descendant, share=share,
+            accuracy=accuracy, resident_bytes=resident.resident_bytes,
+            fps_measured=counters.fps_measured, latency_p50_s=counters.latency_p50_s,
+            latency_p99_s=counters.latency_p99_s, frames=counters.frames, drops=counters.drops,
+            switches=resident.switches, priority=app.spec.priority,
+            target_latency_s=app.spec.target_latency_s, fps=app.spec.fps, loads=resident.loads,
+            busy_s=counters.busy_s,
+        )
+
+    def _info(self, app_id: str) -> AppInfo:
+        app = self._committed.apps[app_id]
+        descendant, share, accuracy = self._committed.assignment(app_id)
+        return AppInfo(id=app.id, name=app.name, model=app.spec.model, descendant=descendant,
+                       share=share, accuracy=accuracy, target_latency_s=app.spec.target_latency_s,
+                       fps=app.spec.fps, priority=app.spec.priority)
+
+    # ------------------------------------------------------------------ planning
+
+    def _solve(self, apps: Mapping[str, _App], settings: _Committed) -> Solution:
+        """The switch-aware plan for ``apps`` given the plan in force (``settings.solution``);
+        `Infeasible` if no plan fits the budget."""
+        planned = [PlannedApp(app.id, self._entry(app.spec.model), app.spec) for app in
+                   apps.values()]
+        return plan(planned, self._backend, policy=settings.policy, method=settings.method,
+                    alpha=settings.alpha, memory_budget_bytes=settings.memory_budget_bytes,
+                    share_step=self.settings.share_step,
+                    switch_tolerance=self.settings.switch_tolerance, current=settings.solution)
+
+    def _apply(self, apps: Mapping[str, _App], solution: Solution, budget: int) -> None:
+        """Switch descendants (downgrades first) and hand the shares to the executor."""
+        targets = {a.name: Target(self._entry(apps[a.name].spec.model), a.descendant)
+                   for a in solution.apps}
+        self._manager.apply(targets, budget, swapping=not solution.fits_memory,
+                            hold=self._executor.hold)
+        self._executor.set_shares({a.name: a.share for a in solution.apps})
+
+    def _commit(self, committed: _Committed) -> None:
+        self._committed = committed
+        self._persist()
+
+    # ------------------------------------------------------------------ persistence
+
+    def _persist(self) -> None:
+        """Write apps, policy, budget and plan atomically (when a state_dir is set)."""
+        if self.settings.state_dir is None:
+            return
+        c = self._committed
+        apps = [PersistedApp(id=a.id, name=a.name, **_spec_fields(a.spec))
+                for a in c.apps.values()]
+        save_state(self.settings.state_dir, RuntimeState(
+            policy=c.policy, method=c.method, alpha=c.alpha,
+            memory_budget_bytes=c.memory_budget_bytes, apps=apps, plan=c.solution))
+
+    def _restore(self) -> None:
+        """Re-register the persisted apps with the persisted plan as the incumbent."""
+        if self.settings.state_dir is None:
+            return
+        state = load_state(self.settings.state_dir)
+        if state is None:
+            return
+        apps = {}
+        for saved in state.apps:
+            if saved.model not in self.catalogue.entries:
+                log.warning("app %s (%s) not restored: model %s is no longer served",
+                            saved.id, saved.name, saved.model)
+                continue
+            fields = saved.model_dump(exclude={"id", "name"})
+            apps[saved.id] = _App(saved.id, saved.name, AppSpec(**fields))
+        restored = _Committed(state.policy, state.method, state.alpha,
+                              state.memory_budget_bytes, apps, state.plan)
+        solution = self._solve_dropping_newest(restored)
+        for app_id in restored.apps:
+            self._executor.add_app(app_id, _share_of(solution, app_id))
+        self._apply(restored.apps, solution, restored.memory_budget_bytes)
+        self._commit(replace(restored, solution=solution))
+        log.info("restored %d apps (policy %s, budget %d bytes, plan %s)", len(restored.apps),
+                 restored.policy, restored.memory_budget_bytes, solution.decision)
+
+    def _solve_dropping_newest(self, restored: _Committed) -> Solution:
+        """Solve for the restored apps (the persisted plan in force), dropping the newest
+        apps while no plan fits (possible only if the models changed since)."""
+        while True:
+            try:
+                return self._solve(restored.apps, restored)
+            except Infeasible as exc:
+                newest = list(restored.apps)[-1]
+                log.warning("app %s not restored: %s", newest, exc)
+                restored.apps.pop(newest)
+
+    # ------------------------------------------------------------------ lookups
+
+    def _entry(self, model: str) -> CatalogueEntry:
+        entry = self.catalogue.entries.get(model)
+        if entry is None:
+            served = ", ".join(sorted(self.catalogue.entries)) or "none"
+            raise UnknownModel(f"no model '{model}' in the catalogue (served: {served})")
+        return entry
+
+    def _app(self, app_id: str) -> _App:
+        app = self._committed.apps.get(app_id)
+        if app is None:
+            raise UnknownApp(f"no app with id '{app_id}'")
+        return app
+
+    def _require_running(self) -> None:
+        if not self._running:
+            raise NestError("the runtime is not running: call start() first")
+
+
+def _share_of(solution: Solution, app_id: str) -> float:
+    return next(a.share for a in solution.apps if a.name == app_id)
+
+
+def _spec_fields(spec: AppSpec) -> dict[str, object]:
+    fields = dataclasses.asdict(spec)
+    fields.pop("name")
+    return fields

@@ -1,0 +1,144 @@
+"""Value types of the daemon runtime's Python API (re-exported by `scheduler.runtime`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from nestdnn.errors import NestError
+from scheduler.executor import Overflow
+from scheduler.problem import METHODS, POLICIES, Method, Policy
+
+Backend = Literal["torch", "tflite"]
+BACKENDS: tuple[Backend, ...] = ("torch", "tflite")
+OVERFLOWS: tuple[Overflow, ...] = ("drop-oldest", "refuse")
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise NestError(f"{name} must be a positive number, got {value}")
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """What an app asks for: a model, a latency and/or frame-rate target, a priority."""
+
+    model: str
+    target_latency_s: float | None = None
+    fps: float | None = None
+    priority: float = 1.0
+    min_accuracy: float | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.target_latency_s is None and self.fps is None:
+            raise NestError("an app needs target_latency_s or fps (or both)")
+        _positive("target_latency_s", self.target_latency_s)
+        _positive("fps", self.fps)
+        _positive("priority", self.priority)
+        if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
+            raise NestError(f"min_accuracy must lie in [0, 1], got {self.min_accuracy}")
+
+    @property
+    def latency_target_s(self) -> float:
+        """The scheduler's T: the latency target, or one frame interval when only fps is set."""
+        if self.target_latency_s is not None:
+            return self.target_latency_s
+        assert self.fps is not None  # __post_init__ guarantees one of the two
+        return 1.0 / self.fps
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    """An app as registered or updated, with its part of the applied plan."""
+
+    id: str
+    name: str
+    model: str
+    descendant: int
+    share: float
+    accuracy: float
+    target_latency_s: float | None
+    fps: float | None
+    priority: float
+
+
+@dataclass(frozen=True)
+class AppStatus:
+    """An app's part of the plan and its measured figures."""
+
+    id: str
+    name: str
+    model: str
+    descendant: int
+    share: float
+    accuracy: float
+    resident_bytes: int
+    fps_measured: float
+    latency_p50_s: float | None
+    latency_p99_s: float | None
+    frames: int
+    drops: int
+    switches: int
+    priority: float
+    target_latency_s: float | None
+    fps: float | None
+    loads: int
+    busy_s: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Policy, budget, accounted bytes, the plan's objective and every app's status."""
+
+    policy: Policy
+    method: Method
+    alpha: float
+    memory_budget_bytes: int
+    accounted_bytes: int
+    objective: float | None
+    feasible: bool
+    apps: list[AppStatus]
+    swapping: bool = False
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How the runtime schedules and runs; policy, alpha and budget can change at run time."""
+
+    memory_budget_bytes: int
+    policy: Policy = "min-total-cost"
+    method: Method = "exact"
+    alpha: float = 1.0
+    backend: Backend = "torch"
+    state_dir: Path | None = None
+    queue_size: int = 4
+    threads: int = 1
+    switch_tolerance: float = 0.01
+    overflow: Overflow = "drop-oldest"
+    share_step: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_policy(self.policy, self.method, self.alpha, self.memory_budget_bytes)
+        if self.backend not in BACKENDS:
+            raise NestError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.overflow not in OVERFLOWS:
+            raise NestError(f"overflow must be one of {', '.join(OVERFLOWS)}")
+        if self.queue_size < 1 or self.threads < 1:
+            raise NestError("queue_size and threads must be at least 1")
+        if self.switch_tolerance < 0:
+            raise NestError("switch_tolerance must be >= 0")
+
+
+def check_policy(policy: str, method: str, alpha: float, memory_budget_bytes: int) -> None:
+    """Refuse an unknown policy or method, a negative alpha or a non-positive budget."""
+    if policy not in POLICIES:
+        raise NestError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if method not in METHODS:
+        raise NestError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise NestError(f"alpha must be a number >= 0, got {alpha}")
+    if memory_budget_bytes <= 0:
+        raise NestError(f"memory_budget_bytes must be positive, got {memory_budget_bytes}")

@@ -1,0 +1,111 @@
+"""The runtime's persisted state: registered apps, policy, budget and the plan in force.
+
+Written atomically (temporary file in the same directory, fsync, rename, fsync of the
+directory), so a crash leaves either the old or the new file. A file that cannot be read as
+this schema is moved aside (``state.json.corrupt-<time>``) with a warning and the runtime
+starts empty: a bad state file never keeps the daemon from starting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from scheduler.problem import Method, Policy, Solution
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+_STRICT = ConfigDict(extra="forbid")
+
+
+class PersistedApp(BaseModel):
+    """One registered app: its id and the spec it registered with (as updated)."""
+
+    model_config = _STRICT
+
+    id: str
+    name: str
+    model: str
+    target_latency_s: float | None
+    fps: float | None
+    priority: float
+    min_accuracy: float | None
+
+
+class RuntimeState(BaseModel):
+    """Everything the runtime restores at start."""
+
+    model_config = _STRICT
+
+    format: Literal["nestdnn-runtime-state"] = "nestdnn-runtime-state"
+    version: Literal[1] = 1
+    policy: Policy
+    method: Method
+    alpha: float = Field(ge=0.0)
+    memory_budget_bytes: int = Field(gt=0)
+    apps: list[PersistedApp]
+    plan: Solution | None = Field(description="The plan in force (model descendant indices).")
+
+
+def save_state(state_dir: Path, state: RuntimeState) -> Path:
+    """Write the state file atomically: temp file, fsync, rename, fsync the directory."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / STATE_FILE
+    fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=state_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(state.model_dump_json(indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(state_dir)
+    return path
+
+
+def load_state(state_dir: Path) -> RuntimeState | None:
+    """The persisted state, or None when there is none or it was corrupt (then moved aside)."""
+    path = state_dir / STATE_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        return _move_aside(path, f"cannot be read ({exc})")
+    try:
+        return RuntimeState.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        return _move_aside(path, f"is not a valid runtime state ({where}: {first['msg']})")
+
+
+def _move_aside(path: Path, problem: str) -> None:
+    """Rename a bad state file out of the way and warn; the runtime starts empty."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    copy = 1
+    while aside.exists():
+        copy += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{copy}")
+    os.replace(path, aside)
+    log.warning("state file %s %s; moved it to %s and starting with no apps",
+                path, problem, aside)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
