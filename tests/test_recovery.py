@@ -147,7 +147,7 @@ def test_frozen_blocks_stay_bit_identical_and_the_rest_trains(name: str) -> None
         assert not torch.equal(param[outside], before[key][outside]), f"{key} did not train"
 
 
-def test_frozen_gradients_are_zero_and_restoring_is_what_undoes_weight_decay() -> None:
+def test_frozen_grads_are_zero_until_released_and_restoring_undoes_weight_decay() -> None:
     model = tiny_vgg()
     frozen_widths = {g: 3 for g in model.groups()}
     conv = model.features[0].weight
