@@ -22,7 +22,7 @@ def configure_recover(parser: argparse.ArgumentParser) -> None:
         " file. Level 0 is the roadmap's model as pruned; every larger level starts from its"
         " roadmap model, keeps the smaller descendant's weights frozen and trains the rest."
         " Finished levels are kept in OUT.work/ so that rerunning an interrupted command"
-        " continues where it stopped."
+        " continues where it stopped (removed once OUT is written, unless --keep-work)."
     )
     parser.add_argument("--prune-dir", required=True, type=Path,
                         help="output directory of `nestdnn prune` (holds roadmap.json)")
