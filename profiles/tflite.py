@@ -8,8 +8,8 @@ the file) is removed when a new one is written.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -79,39 +79,31 @@ def converted_descendants(
     indices: Sequence[int],
     after_each: Callable[[], None] | None = None,
 ) -> list[Path]:
-    """TFLite files of the given descendants, converting the ones not cached yet."""
+    """TFLite files of the given descendants, converting (atomically) the ones not cached yet."""
     tflite_interpreter_class()  # fail before a long conversion if nothing could run it
-    try:
-        from nestdnn.export import export_descendant
-    except ImportError as e:
-        raise BackendUnavailable(f"TFLite conversion unavailable: {e}") from e
     cache = tflite_cache_dir(nest_path, sha256)
-    paths = []
-    for k in indices:
-        target = cache / f"d{k}.tflite"
-        if not target.is_file():
-            _convert(export_descendant, nest_path, k, target)
-        paths.append(target)
+    targets = [cache / f"d{k}.tflite" for k in indices]
+    export = _tflite_exporter() if not all(t.is_file() for t in targets) else None
+    cache.mkdir(parents=True, exist_ok=True)
+    for k, target in zip(indices, targets, strict=True):
+        if export is not None and not target.is_file():
+            log.info("converting descendant %d of %s to TFLite", k, nest_path.name)
+            export(nest_path, k, "tflite", target)
         if after_each is not None:
             after_each()
     _remove_stale_caches(cache)
-    return paths
+    return targets
 
 
-def _convert(export: Callable[..., Any], nest_path: Path, k: int, target: Path) -> None:
-    """Export descendant ``k`` to a temporary file, then rename it to ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    log.info("converting descendant %d of %s to TFLite", k, nest_path.name)
-    try:
-        export(nest_path, k, "tflite", partial)
-    except ImportError as e:
-        partial.unlink(missing_ok=True)
-        raise BackendUnavailable(f"TFLite conversion unavailable: {e}") from e
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, target)
+def _tflite_exporter() -> Callable[[Path, int, str, Path], Path]:
+    """``nestdnn.export.export_descendant``, if litert-torch (the converter) is installed."""
+    if importlib.util.find_spec("litert_torch") is None:
+        raise BackendUnavailable(
+            "TFLite conversion needs litert-torch (pip install 'nestdnn[export]')"
+        )
+    from nestdnn.export import export_descendant
+
+    return export_descendant
 
 
 def _remove_stale_caches(current: Path) -> None:

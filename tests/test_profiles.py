@@ -8,8 +8,6 @@ import io
 import itertools
 import logging
 import math
-import sys
-import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -214,9 +212,7 @@ def test_tflite_conversions_are_cached_by_content_hash(
         Path(out).write_bytes(b"TFL3")
         return Path(out)
 
-    monkeypatch.setitem(
-        sys.modules, "nestdnn.export", types.SimpleNamespace(export_descendant=export_descendant)
-    )
+    monkeypatch.setattr("profiles.tflite._tflite_exporter", lambda: export_descendant)
     nest = tmp_path / "m.nest"
     first = converted_descendants(nest, "a" * 64, [0, 1])
     assert exported == [0, 1]
@@ -226,6 +222,31 @@ def test_tflite_conversions_are_cached_by_content_hash(
     converted_descendants(nest, "b" * 64, [0])
     assert exported == [0, 1, 0]
     assert not tflite_cache_dir(nest, "a" * 64).exists()
+
+
+def test_conversion_without_litert_torch_is_backend_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("profiles.tflite.importlib.util.find_spec", lambda name: None)
+    with pytest.raises(BackendUnavailable, match="needs litert-torch"):
+        converted_descendants(tmp_path / "m.nest", "c" * 64, [0])
+
+
+@pytest.mark.slow
+def test_tflite_profile_of_converted_descendants(tmp_path: Path) -> None:
+    pytest.importorskip("litert_torch")
+    nest = write_tiny_nest(tmp_path / "two.nest", levels=2)
+    settings = ProfileSettings(
+        backends=("tflite",), latency=LatencySettings(runs=6, rounds=2, warmup=1), memory_runs=1
+    )
+    profile = profile_nest(nest, None, None, settings)
+    assert profile.backends == ["tflite"]
+    for d in profile.descendants:
+        figures = d.backends["tflite"]
+        assert 0 < figures.latency.median_s <= figures.latency.p90_s
+        assert figures.memory.peak_rss_bytes >= figures.memory.baseline_rss_bytes
+    cached = [tflite_cache_dir(nest, profile.model.sha256) / f"d{k}.tflite" for k in (0, 1)]
+    assert all(path.stat().st_size > 0 for path in cached)
 
 
 def test_missing_nest_file_is_a_nest_error(tmp_path: Path) -> None:
