@@ -32,10 +32,8 @@ def measure_memory(
     backend: Backend, model_path: Path, index: int, threads: int, runs: int
 ) -> MemoryStats:
     """Run the measurement in a fresh interpreter and parse its JSON answer."""
-    command = [
-        sys.executable, "-m", "profiles.memory", backend, str(model_path), str(index),
-        "--threads", str(threads), "--runs", str(runs),
-    ]  # fmt: skip
+    command = [sys.executable, "-m", "profiles.memory", backend, str(model_path), str(index)]
+    command += ["--threads", str(threads), "--runs", str(runs)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired as e:
