@@ -4,7 +4,7 @@ SYNTHETIC: the weights are random (descendant k is the channel prefix of one ran
 initialised model, so the files are genuinely nested) and the accuracies are *assigned*, not
 measured; the profile says so in its data set name. Latency is measured on this machine with
 the profiler's own timing code; peak RSS is measured in subprocesses when asked (it is slow),
-otherwise recorded as the weight bytes over a unit baseline.
+otherwise recorded as the loaded bytes (fp32 weights, or the flatbuffer) over a unit baseline.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from profiles.nestinfo import file_sha256
 from profiles.profiler import ProfileSettings, Progress, measure_latencies, measure_memories
 from profiles.schema import (
     SCHEMA_VERSION,
+    Backend,
     BackendProfile,
     DatasetInfo,
     DescendantProfile,
@@ -33,6 +34,7 @@ from profiles.schema import (
     Profile,
     save_profile,
 )
+from profiles.tflite import converted_descendants
 
 SYNTHETIC_DATASET = "synthetic (random weights; accuracies assigned, not measured)"
 
@@ -71,38 +73,45 @@ def write_synthetic_nest(
 def write_synthetic_profile(
     nest_path: Path,
     *,
+    backends: Sequence[Backend] = ("torch",),
     threads: int = 1,
     latency: LatencySettings | None = None,
     measure_rss: bool = False,
 ) -> Profile:
-    """Profile a synthetic ``.nest`` on torch (latency measured) and save it beside the file."""
+    """Profile a synthetic ``.nest`` (latency measured per backend); save it beside the file.
+
+    ``tflite`` converts the descendants first (cached beside the file, as the profiler does).
+    """
     latency = latency or LatencySettings(runs=20, rounds=2, warmup=3, threads=threads)
     manifest = read_manifest(nest_path)
+    sha256 = file_sha256(nest_path)
     indices = [d.index for d in manifest.descendants]
-    measured = measure_latencies(nest_path, manifest, "torch", None, latency)
+    flatbuffers = (converted_descendants(nest_path, sha256, indices)
+                   if "tflite" in backends else None)
+    measured = {b: measure_latencies(nest_path, manifest, b, flatbuffers, latency)
+                for b in backends}
     if measure_rss:
-        settings = ProfileSettings(backends=("torch",), latency=latency)
-        memory = measure_memories(nest_path, indices, ["torch"], None, settings,
-                                  Progress(tqdm(total=0, disable=True)))["torch"]
+        settings = ProfileSettings(backends=tuple(backends), latency=latency)
+        memory = measure_memories(nest_path, indices, backends, flatbuffers, settings,
+                                  Progress(tqdm(total=0, disable=True)))
     else:
-        memory = [MemoryStats(baseline_rss_bytes=1, peak_rss_bytes=1 + d.bytes, runs=1)
-                  for d in manifest.descendants]
+        memory = {b: [MemoryStats(baseline_rss_bytes=1, peak_rss_bytes=1 + size, runs=1)
+                      for size in _loaded_sizes(manifest, b, flatbuffers)] for b in backends}
     profile = Profile(
         schema_version=SCHEMA_VERSION,
-        model=ModelId(file=nest_path.name, sha256=file_sha256(nest_path),
-                      arch=manifest.arch.arch),
+        model=ModelId(file=nest_path.name, sha256=sha256, arch=manifest.arch.arch),
         device=describe_device(latency.threads),
         created=datetime.now(timezone.utc),
         dataset=DatasetInfo(name=SYNTHETIC_DATASET, test_size=1),
-        backends=["torch"],
-        conditions={"torch": measured.conditions},
+        backends=list(backends),
+        conditions={b: m.conditions for b, m in measured.items()},
         num_descendants=len(indices),
         descendants=[
             DescendantProfile(
                 index=d.index, widths=dict(d.widths), widths_total=sum(d.widths.values()),
                 params=d.params, bytes=d.bytes, macs=d.macs, accuracy=d.val_accuracy,
-                backends={"torch": BackendProfile(latency=measured.latencies[k],
-                                                  memory=memory[k])},
+                backends={b: BackendProfile(latency=measured[b].latencies[k],
+                                            memory=memory[b][k]) for b in backends},
             )
             for k, d in enumerate(manifest.descendants)
         ],
@@ -112,7 +121,16 @@ def write_synthetic_profile(
     return profile
 
 
+def _loaded_sizes(manifest: Manifest, backend: Backend,
+                  flatbuffers: Sequence[Path] | None) -> list[int]:
+    """Bytes a descendant occupies when loaded: fp32 weights, or the flatbuffer's size."""
+    if backend == "tflite" and flatbuffers is not None:
+        return [path.stat().st_size for path in flatbuffers]
+    return [d.bytes for d in manifest.descendants]
+
+
 def synthetic_models_dir(directory: Path, names: Sequence[str], *, seed: int = 0,
+                         backends: Sequence[Backend] = ("torch",),
                          measure_rss: bool = False) -> Path:
     """Write one synthetic model + profile per name, of growing sizes, into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -122,5 +140,5 @@ def synthetic_models_dir(directory: Path, names: Sequence[str], *, seed: int = 0
         accuracies = [round(0.62 + 0.04 * i + 0.1 * math.log2(1 + k), 3) for k in range(3)]
         nest_path = directory / f"{name}.nest"
         write_synthetic_nest(nest_path, width_mults=mults, accuracies=accuracies, seed=seed + i)
-        write_synthetic_profile(nest_path, measure_rss=measure_rss)
+        write_synthetic_profile(nest_path, backends=backends, measure_rss=measure_rss)
     return directory
