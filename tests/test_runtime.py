@@ -459,6 +459,62 @@ def test_state_is_written_atomically(
     assert state.plan is not None and [a.name for a in state.plan.apps] == [state.apps[0].id]
 
 
+def test_update_re_plans_towards_the_app_whose_priority_rose(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime]
+) -> None:
+    cam = sizes(catalogue, "cam")
+    rt = make_runtime(cam[2] + cam[0] + cam[0] // 2)  # only one app can have d2
+    first = rt.register(AppSpec(model="cam", target_latency_s=10.0, priority=2.0))
+    second = rt.register(AppSpec(model="cam", target_latency_s=10.0))
+    assert (first.descendant, rt.snapshot().apps[1].descendant) == (2, 0)
+    updated = rt.update(second.id, priority=20.0)
+    assert (updated.priority, updated.descendant) == (20.0, 2)
+    snap = rt.snapshot()
+    assert [a.descendant for a in snap.apps] == [0, 2]
+    assert [a.switches for a in snap.apps] == [1, 1]
+    assert snap.accounted_bytes == cam[0] + cam[2]
+
+
+def test_the_baseline_swaps_models_that_do_not_fit_together(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime]
+) -> None:
+    """Resource-agnostic baseline: both apps keep their fixed (largest) descendant; the
+    models take turns in memory, and switching back to NestDNN stops the swapping."""
+    mic = sizes(catalogue, "mic")
+    ledger = Ledger()
+    rt = make_runtime(mic[2], ledger=ledger, policy="baseline")
+    apps = {m: rt.register(AppSpec(model=m, target_latency_s=10.0)).id for m in MODELS}
+    snap = rt.snapshot()
+    assert snap.swapping
+    assert [a.descendant for a in snap.apps] == [2, 2]
+    assert [a.share for a in snap.apps] == [0.5, 0.5]
+    for model in ["cam", "mic", "cam", "mic"]:
+        assert rt.submit(apps[model], frame_for(catalogue, model)).result(timeout=60
+                                                                           ).descendant == 2
+    loads = {a.model: a.loads for a in rt.snapshot().apps}
+    assert loads == {"cam": 2, "mic": 2}
+    assert any("evicted" in why for _, _, why in ledger.steps)
+    assert ledger.over_limit() == []
+
+    rt.set_policy(policy="min-total-cost")
+    snap = rt.snapshot()
+    assert not snap.swapping
+    assert snap.accounted_bytes == sum(sizes(catalogue, a.model)[a.descendant]
+                                       for a in snap.apps) <= mic[2]
+    assert ledger.over_limit() == []
+
+
+def test_the_baseline_is_refused_when_one_model_alone_exceeds_the_budget(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime]
+) -> None:
+    cam = sizes(catalogue, "cam")
+    rt = make_runtime(cam[2] - 100, policy="baseline")
+    with pytest.raises(Infeasible, match="cannot be swapped in") as refused:
+        rt.register(AppSpec(model="cam", target_latency_s=10.0))
+    assert refused.value.bytes_missing == 100
+    assert rt.snapshot().apps == []
+
+
 # ----------------------------------------------------------------- memory budget property
 
 
@@ -468,21 +524,23 @@ OPS = st.lists(
                   st.sampled_from([5.0, 30.0, 120.0]), st.sampled_from([0.5, 1.0, 3.0])),
         st.tuples(st.just("unregister"), st.integers(0, 10)),
         st.tuples(st.just("budget"), st.sampled_from([0.05, 0.1, 0.2, 0.35, 0.6, 1.0])),
+        st.tuples(st.just("policy"), st.sampled_from(["min-total-cost", "baseline"])),
     ),
     min_size=4, max_size=10,
 )
 
 
-@settings(max_examples=8, deadline=None, derandomize=True,
+@settings(max_examples=10, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS)
 def test_accounted_bytes_never_exceed_the_budget(
     catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime],
     ops: list[tuple[Any, ...]],
 ) -> None:
-    """Any sequence of register / unregister / budget changes: at every ledger step the
-    accounted bytes stay within the limit in force, and after every event within the budget;
-    refused events leave the plan as it was."""
+    """Any sequence of register / unregister / budget / policy changes, with a frame per app
+    after each: at every ledger step (also mid-switch, also while the baseline swaps models
+    in and out) the accounted bytes stay within the limit in force, and after every event
+    within the budget; refused events leave the plan as it was."""
     largest = sum(sizes(catalogue, m)[2] for m in MODELS)
     ledger = Ledger()
     rt = make_runtime(largest, ledger=ledger)
@@ -496,15 +554,21 @@ def test_accounted_bytes_never_exceed_the_budget(
                 rt.unregister(apps.pop(op[1] % len(apps)))
             elif op[0] == "budget":
                 rt.set_policy(memory_budget_bytes=int(op[1] * largest))
+            elif op[0] == "policy":
+                rt.set_policy(policy=op[1])
         except Infeasible:
             event("refused as infeasible")
             assert plan_of(rt.snapshot()) == plan_of(before)
         snap = rt.snapshot()
         assert snap.accounted_bytes <= snap.memory_budget_bytes
-        assert snap.accounted_bytes == sum(
-            sizes(catalogue, a.model)[a.descendant] for a in snap.apps)
+        if not snap.swapping:
+            assert snap.accounted_bytes == sum(
+                sizes(catalogue, a.model)[a.descendant] for a in snap.apps)
+        for app in snap.apps:
+            prediction = rt.submit(app.id, frame_for(catalogue, app.model)).result(timeout=60)
+            assert prediction.descendant == app.descendant
     assert ledger.over_limit() == []
-    for kind in ("in place", "before a cold load"):
+    for kind in ("in place", "before a cold load", "evicted"):
         if any(kind in why for _, _, why in ledger.steps):
-            event(f"switch {kind}")
+            event(f"ledger: {kind}")
     rt.stop()
