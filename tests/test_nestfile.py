@@ -335,6 +335,18 @@ def test_modules_in_use_survive_switches(nest: tuple[Path, list[NestDescendant]]
     assert not failures
 
 
+def test_a_handle_keeps_reading_the_file_it_validated(tmp_path: Path) -> None:
+    path = tmp_path / "model.nest"
+    write_synthetic_nest(path, "vgg")
+    expected = load_descendant(path, 2).state_dict()
+    with NestedModel.open(path, 0) as handle:
+        other = synthetic_descendants("vgg", seed=5)
+        write_nest(path, other, synthetic_meta(1))  # atomically replaces the path
+        handle.upgrade(2)
+        assert same_state(handle.module.state_dict(), expected)
+    assert same_state(load_descendant(path, 2).state_dict(), dict(other[2].state_dict))
+
+
 def test_switching_after_close_is_refused(vgg_nest: tuple[Path, list[NestDescendant]]) -> None:
     path, descendants = vgg_nest
     handle = NestedModel.open(path, 1)
