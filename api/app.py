@@ -1,0 +1,46 @@
+"""The FastAPI application factory: routers, auth, error mapping, limits and lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from api.daemon import ApiSettings, Daemon
+from api.errors import install_error_handlers
+from api.middleware import BodySizeLimit, RequestCounter
+from api.routers import apps, health, infer, models, schedule
+from scheduler.runtime import Runtime
+
+API_VERSION = "1"
+
+
+def create_app(runtime: Runtime, settings: ApiSettings) -> FastAPI:
+    """A FastAPI app serving ``runtime``; the runtime starts and stops with the app's lifespan."""
+    daemon = Daemon(runtime, settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(daemon.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(daemon.stop)
+
+    app = FastAPI(
+        title="nestdnn daemon",
+        version=API_VERSION,
+        description="Multi-tenant on-device inference with multi-capacity models: apps "
+        "register, send frames and get predictions; the scheduler picks each "
+        "app's descendant and processor share. See docs/api.md.",
+        lifespan=lifespan,
+    )
+    app.state.daemon = daemon
+    for module in (apps, infer, schedule, models, health):
+        app.include_router(module.router)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestCounter, metrics=daemon.metrics)
+    return app

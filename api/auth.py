@@ -1,0 +1,190 @@
+"""Bearer tokens: one per app (only hashes persisted) and one admin token; FastAPI dependencies."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+log = logging.getLogger(__name__)
+
+TOKENS_FILE = "api-tokens.json"
+ADMIN_TOKEN_FILE = "admin-token"
+ADMIN_TOKEN_ENV = "NESTDNN_ADMIN_TOKEN"
+_FORMAT = "nestdnn-api-tokens"
+
+
+def new_token() -> str:
+    """A fresh random bearer token (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    """The SHA-256 hex digest kept instead of the token (tokens are random, so no salt needed)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file atomically, readable by the owner only (mode 0600 from creation)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def resolve_admin_token(state_dir: Path) -> str:
+    """The admin token from the environment, else a new one written to the state dir (0600)."""
+    from_env = os.environ.get(ADMIN_TOKEN_ENV, "")
+    if from_env:
+        log.info("admin token taken from %s", ADMIN_TOKEN_ENV)
+        return from_env
+    token = new_token()
+    path = state_dir / ADMIN_TOKEN_FILE
+    write_private(path, token + "\n")
+    log.info("admin token generated and written to %s (mode 0600)", path)
+    return token
+
+
+class TokenStore:
+    """App id -> token hash, persisted atomically as JSON in the state dir."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._hashes: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._save_lock = threading.Lock()
+
+    def load(self) -> None:
+        """Read the persisted hashes; a missing file means no apps yet."""
+        if not self.path.exists():
+            return
+        data = json.loads(self.path.read_text())
+        if data.get("format") != _FORMAT or not isinstance(data.get("apps"), dict):
+            raise ValueError(f"{self.path} is not a nestdnn token file")
+        with self._lock:
+            self._hashes = {str(k): str(v) for k, v in data["apps"].items()}
+
+    def issue(self, app_id: str) -> str:
+        """Create, remember (hashed) and return a token for an app."""
+        token = new_token()
+        with self._lock:
+            self._hashes[app_id] = token_hash(token)
+        self._save()
+        return token
+
+    def revoke(self, app_id: str) -> None:
+        """Forget an app's token."""
+        with self._lock:
+            removed = self._hashes.pop(app_id, None) is not None
+        if removed:
+            self._save()
+
+    def retain(self, app_ids: set[str]) -> None:
+        """Drop the tokens of apps that no longer exist."""
+        with self._lock:
+            stale = set(self._hashes) - app_ids
+            for app_id in stale:
+                del self._hashes[app_id]
+        if stale:
+            log.info("dropped the tokens of %d apps that no longer exist", len(stale))
+            self._save()
+
+    def verify(self, app_id: str, token: str) -> bool:
+        """Whether the token is this app's (constant-time comparison)."""
+        with self._lock:
+            expected = self._hashes.get(app_id, "")
+        return bool(expected) and hmac.compare_digest(expected, token_hash(token))
+
+    def _save(self) -> None:
+        """Write the latest hashes (writers are serialised; each writes the newest state)."""
+        with self._save_lock:
+            with self._lock:
+                body = {"format": _FORMAT, "version": 1, "apps": dict(self._hashes)}
+            write_private(self.path, json.dumps(body, indent=1, sort_keys=True))
+
+
+class Authenticator:
+    """Decides who a bearer token belongs to."""
+
+    def __init__(
+        self, store: TokenStore, admin_token: str, app_exists: Callable[[str], bool]
+    ) -> None:
+        self.store = store
+        self.app_exists = app_exists
+        self._admin_hash = token_hash(admin_token)
+
+    def is_admin(self, token: str) -> bool:
+        """Whether the token is the admin token (constant-time comparison)."""
+        return hmac.compare_digest(self._admin_hash, token_hash(token))
+
+
+app_bearer = HTTPBearer(
+    scheme_name="AppToken",
+    auto_error=False,
+    description="The token returned when the app was registered (the admin token also works).",
+)
+admin_bearer = HTTPBearer(
+    scheme_name="AdminToken",
+    auto_error=False,
+    description=f"The daemon's admin token ({ADMIN_TOKEN_ENV} or STATE_DIR/{ADMIN_TOKEN_FILE}).",
+)
+
+
+async def _authenticator(request: Request) -> Authenticator:
+    return request.app.state.daemon.auth
+
+
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or not credentials.credentials:
+        raise HTTPException(
+            status_code=401,
+            detail="missing bearer token (header 'Authorization: Bearer TOKEN')",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return credentials.credentials
+
+
+async def require_app_token(
+    app_id: str,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(app_bearer)],
+    auth: Annotated[Authenticator, Depends(_authenticator)],
+) -> str:
+    """Dependency: the caller holds this app's token (or the admin token); returns the app id."""
+    token = _token(credentials)
+    if auth.store.verify(app_id, token) or auth.is_admin(token):
+        return app_id
+    if not auth.app_exists(app_id):
+        raise HTTPException(status_code=404, detail=f"no app with id {app_id!r}")
+    raise HTTPException(status_code=403, detail=f"this token does not belong to app {app_id!r}")
+
+
+async def require_admin(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(admin_bearer)],
+    auth: Annotated[Authenticator, Depends(_authenticator)],
+) -> None:
+    """Dependency: the caller holds the admin token."""
+    if not auth.is_admin(_token(credentials)):
+        raise HTTPException(status_code=403, detail="this endpoint needs the admin token")
+
+
+AppId = Annotated[str, Depends(require_app_token)]

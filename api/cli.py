@@ -1,0 +1,188 @@
+"""`nestdnn serve`: load the models, start the runtime and serve the REST API with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from api.app import create_app
+from api.daemon import ApiSettings
+from nestdnn.errors import NestError
+from scheduler.problem import METHODS, POLICIES
+from scheduler.runtime import ModelCatalogue, Runtime, RuntimeSettings
+from scheduler.specs import BACKENDS, OVERFLOWS
+
+log = logging.getLogger(__name__)
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "k": 1 << 10,
+    "m": 1 << 20,
+    "g": 1 << 30,
+    "t": 1 << 40,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
+GRACEFUL_SHUTDOWN_S = 30
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '64MB' (SI, 10^6), '512KiB' / '512K' (binary, 2^10) or a plain number."""
+    match = _SIZE.match(text.lower())
+    if match is None or match.group(2) not in _UNITS:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: use a number with an optional unit, e.g. 64MB, 512KiB, 1G"
+        )
+    value = int(float(match.group(1)) * _UNITS[match.group(2)])
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {port}")
+    return port
+
+
+def default_state_dir() -> Path:
+    """$XDG_STATE_HOME/nestdnn, else ~/.local/state/nestdnn."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "nestdnn"
+
+
+def configure_serve(parser: argparse.ArgumentParser) -> None:
+    """Add the options of `nestdnn serve`."""
+    parser.add_argument(
+        "--models",
+        type=Path,
+        required=True,
+        help="directory of NAME.nest + NAME.profile.json pairs",
+    )
+    parser.add_argument(
+        "--memory-budget",
+        type=parse_size,
+        default=parse_size("64MiB"),
+        metavar="SIZE",
+        help="model memory budget, e.g. 64MB (SI) or 64MiB",
+    )
+    parser.add_argument("--policy", choices=POLICIES, default="min-total-cost")
+    parser.add_argument("--method", choices=METHODS, default="exact", help="solver")
+    parser.add_argument("--alpha", type=float, default=1.0, help="weight of latency excess")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
+    parser.add_argument("--port", type=_port, default=8000)
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default_state_dir(),
+        help="apps, token hashes and the admin token are kept here",
+    )
+    parser.add_argument("--queue-size", type=int, default=4, help="frames queued per app")
+    parser.add_argument(
+        "--overflow",
+        choices=OVERFLOWS,
+        default="drop-oldest",
+        help="full queue: drop the oldest frame, or refuse the new one",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="inference threads")
+    parser.add_argument(
+        "--max-body",
+        type=parse_size,
+        default=parse_size("8MiB"),
+        metavar="SIZE",
+        help="largest request body accepted (413 above)",
+    )
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, or a NestError that says clearly why not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise NestError(f"cannot resolve --host {host!r}: {e.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise NestError(
+                f"port {port} on {host} is already in use (another nestdnn serve?);"
+                " stop it or pick another --port"
+            ) from None
+        raise NestError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("listening on %s, not loopback: other machines can reach the API", host)
+    return sock
+
+
+def load_catalogue(models: Path) -> ModelCatalogue:
+    """The servable models of a directory (bad pairs are logged); a NestError when none."""
+    catalogue = ModelCatalogue.load(models)
+    if not catalogue.entries:
+        raise NestError(f"no servable model in {models} (NAME.nest + NAME.profile.json pairs)")
+    return catalogue
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve until interrupted; in-flight requests finish and the state is saved on the way out."""
+    catalogue = load_catalogue(args.models)
+    sock = bind(args.host, args.port)
+    runtime = Runtime(
+        catalogue,
+        RuntimeSettings(
+            memory_budget_bytes=args.memory_budget,
+            policy=args.policy,
+            method=args.method,
+            alpha=args.alpha,
+            backend=args.backend,
+            state_dir=args.state_dir,
+            queue_size=args.queue_size,
+            threads=args.threads,
+            overflow=args.overflow,
+        ),
+    )
+    app = create_app(runtime, ApiSettings(state_dir=args.state_dir, max_body_bytes=args.max_body))
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    host, port = sock.getsockname()[:2]
+    log.info(
+        "nestdnn serve on http://%s:%d (budget %d bytes, policy %s, backend %s, models %s)",
+        host,
+        port,
+        args.memory_budget,
+        args.policy,
+        args.backend,
+        ", ".join(sorted(catalogue.entries)),
+    )
+    server.run(sockets=[sock])
+    if not server.started:
+        raise NestError("the daemon failed to start; see the log above")
+    return 0

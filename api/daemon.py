@@ -1,0 +1,155 @@
+"""The API's view of the daemon: the runtime plus tokens, metrics and re-plan logging."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from api.auth import TOKENS_FILE, Authenticator, TokenStore, resolve_admin_token
+from api.frames import FrameSpec
+from api.metrics import ApiMetrics
+from scheduler.errors import UnknownApp
+from scheduler.runtime import (
+    AppInfo,
+    AppSpec,
+    AppStatus,
+    CatalogueEntry,
+    Prediction,
+    Runtime,
+    Snapshot,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Settings of the HTTP layer (the runtime has its own)."""
+
+    state_dir: Path
+    max_body_bytes: int = 8 << 20
+    max_image_pixels: int = 4096 * 4096
+    top_k: int = 5
+
+
+class Daemon:
+    """Everything the routers need, shared through ``app.state.daemon``."""
+
+    def __init__(self, runtime: Runtime, settings: ApiSettings) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.catalogue = runtime.catalogue
+        self.metrics = ApiMetrics(runtime.snapshot)
+        self.tokens = TokenStore(settings.state_dir / TOKENS_FILE)
+        self.auth: Authenticator | None = None
+        self.started = time.monotonic()
+        self._models: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the runtime (restoring apps), load tokens and forget those of vanished apps."""
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.auth = Authenticator(
+            self.tokens, resolve_admin_token(self.settings.state_dir), self.app_exists
+        )
+        self.runtime.start()
+        self.tokens.load()
+        apps = self.runtime.snapshot().apps
+        with self._lock:
+            self._models = {app.id: app.model for app in apps}
+        self.tokens.retain(set(self._models))
+        log.info("serving %d models, %d apps restored", len(self.catalogue.entries), len(apps))
+        self.log_plan("start", None)
+
+    def stop(self) -> None:
+        """Let in-flight jobs finish and persist the runtime's state."""
+        self.runtime.stop()
+        log.info("runtime stopped, state saved")
+
+    def app_exists(self, app_id: str) -> bool:
+        """Whether an app with this id is registered."""
+        with self._lock:
+            return app_id in self._models
+
+    def register(self, spec: AppSpec) -> tuple[AppInfo, str]:
+        """Register an app with the runtime and issue its token."""
+        info = self.runtime.register(spec)
+        with self._lock:
+            self._models[info.id] = info.model
+        token = self.tokens.issue(info.id)
+        self.log_plan("register", info.id)
+        return info, token
+
+    def update(self, app_id: str, **changes: float | None) -> AppInfo:
+        """Change an app's priority or targets (re-plans)."""
+        info = self.runtime.update(app_id, **changes)
+        self.log_plan("update", app_id)
+        return info
+
+    def unregister(self, app_id: str) -> None:
+        """Remove an app, its token and its latency series (re-plans)."""
+        self.runtime.unregister(app_id)
+        with self._lock:
+            self._models.pop(app_id, None)
+        self.tokens.revoke(app_id)
+        self.metrics.forget_app(app_id)
+        self.log_plan("unregister", app_id)
+
+    def set_policy(self, **changes: object) -> Snapshot:
+        """Change the policy, alpha or budget (re-plans)."""
+        snap = self.runtime.set_policy(**changes)
+        self.log_plan("set_policy", None, snap)
+        return snap
+
+    def status(self, app_id: str) -> AppStatus:
+        """One app's live status."""
+        for app in self.runtime.snapshot().apps:
+            if app.id == app_id:
+                return app
+        raise UnknownApp(f"no app with id {app_id!r}")
+
+    def entry(self, app_id: str) -> CatalogueEntry:
+        """The catalogue entry of an app's model."""
+        with self._lock:
+            model = self._models.get(app_id)
+        if model is None:
+            raise UnknownApp(f"no app with id {app_id!r}")
+        return self.catalogue.entries[model]
+
+    def frame_spec(self, entry: CatalogueEntry) -> FrameSpec:
+        """What frames for this model must look like."""
+        c, h, w = entry.input_shape
+        return FrameSpec(
+            c, h, w, tuple(entry.mean), tuple(entry.std), max_pixels=self.settings.max_image_pixels
+        )
+
+    def submit(self, app_id: str, frame: torch.Tensor) -> Future[Prediction]:
+        """Queue one normalised frame for an app."""
+        return self.runtime.submit(app_id, frame)
+
+    def log_plan(self, event: str, app_id: str | None, snap: Snapshot | None = None) -> None:
+        """Log the plan now applied, in one line, and count the re-plan."""
+        snap = snap or self.runtime.snapshot()
+        if event != "start":
+            self.metrics.replans.labels(event).inc()
+        plan = ", ".join(f"{a.id}:{a.model}:d{a.descendant}@{a.share:.2f}" for a in snap.apps)
+        objective = "n/a" if snap.objective is None else f"{snap.objective:.4f}"
+        log.info(
+            "re-plan event=%s app=%s policy=%s alpha=%g objective=%s feasible=%s bytes=%d/%d "
+            "plan=[%s]",
+            event,
+            app_id or "-",
+            snap.policy,
+            snap.alpha,
+            objective,
+            snap.feasible,
+            snap.accounted_bytes,
+            snap.memory_budget_bytes,
+            plan,
+        )

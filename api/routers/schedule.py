@@ -1,0 +1,30 @@
+"""The schedule: current policy, budget and plan; changing them needs the admin token."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from api.auth import require_admin
+from api.deps import DaemonDep
+from api.schemas import InfeasibleProblem, Problem, ScheduleOut, ScheduleUpdate
+from api.views import schedule_out
+
+router = APIRouter(prefix="/v1/schedule", tags=["schedule"])
+
+
+@router.get("", response_model=ScheduleOut)
+def show_schedule(daemon: DaemonDep) -> ScheduleOut:
+    """The policy, alpha, memory budget, objective and per-app plan."""
+    return schedule_out(daemon.runtime.snapshot())
+
+
+@router.put(
+    "",
+    response_model=ScheduleOut,
+    dependencies=[Depends(require_admin)],
+    responses={401: {"model": Problem}, 403: {"model": Problem}, 409: {"model": InfeasibleProblem}},
+)
+def change_schedule(body: ScheduleUpdate, daemon: DaemonDep) -> ScheduleOut:
+    """Change the policy, alpha or memory budget (admin); the plan is re-solved and applied."""
+    changes = body.model_dump(exclude_none=True)
+    return schedule_out(daemon.set_policy(**changes))

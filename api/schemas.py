@@ -1,0 +1,214 @@
+"""Pydantic request and response bodies of the REST API (no logic beyond field checks)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from scheduler.problem import Method, Policy
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    """Request bodies reject unknown fields so that a typo is an error, not a silent no-op."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AppCreate(_Strict):
+    """Register an app: which model, its targets and its weight in the schedule."""
+
+    model: str = Field(min_length=1, max_length=128, description="Model name from /v1/models.")
+    target_latency_ms: float | None = Field(
+        default=None, gt=0, le=3_600_000, description="Latency target per frame (ms)."
+    )
+    fps: float | None = Field(default=None, gt=0, le=10_000, description="Input frame rate.")
+    priority: float = Field(default=1.0, gt=0, le=1000, description="Weight in the cost.")
+    min_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="Lowest acceptable descendant accuracy."
+    )
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Display name.")
+
+    @model_validator(mode="after")
+    def _has_target(self) -> AppCreate:
+        if self.target_latency_ms is None and self.fps is None:
+            raise ValueError("give target_latency_ms or fps (or both)")
+        return self
+
+
+class AppUpdate(_Strict):
+    """Change an app's priority or targets; omitted fields keep their value."""
+
+    priority: float | None = Field(default=None, gt=0, le=1000)
+    target_latency_ms: float | None = Field(default=None, gt=0, le=3_600_000)
+    fps: float | None = Field(default=None, gt=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> AppUpdate:
+        if self.priority is None and self.target_latency_ms is None and self.fps is None:
+            raise ValueError("give at least one of priority, target_latency_ms, fps")
+        return self
+
+
+class AppOut(BaseModel):
+    """An app as the scheduler currently sees it."""
+
+    id: str
+    name: str | None
+    model: str
+    descendant: int = Field(description="Index of the assigned descendant (0 = smallest).")
+    share: float = Field(description="Fraction of the processor assigned to the app.")
+    accuracy: float = Field(description="Profiled accuracy of the assigned descendant.")
+    priority: float
+    target_latency_ms: float | None
+    fps: float | None
+
+
+class AppStatusOut(AppOut):
+    """An app with its live counters."""
+
+    resident_bytes: int
+    loads: int = Field(description="Times the app's weights were loaded (swaps included).")
+    busy_s: float = Field(description="Processor time spent on the app's frames.")
+    fps_measured: float
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    frames: int
+    drops: int
+    switches: int
+
+
+class AppCreated(AppOut):
+    """The answer to a registration: the app and the bearer token that acts on it."""
+
+    token: str = Field(description="Bearer token for this app; shown once, store it.")
+
+
+class TopK(BaseModel):
+    """One class and its probability."""
+
+    label: int
+    class_name: str
+    score: float
+
+
+class InferJSON(_Strict):
+    """A frame as JSON nested lists: (C, H, W), (H, W, C) or (H, W) numbers."""
+
+    frame: list = Field(description="Nested lists of numbers; see docs/api.md for layouts.")
+
+
+class InferOut(BaseModel):
+    """The prediction for one frame and where the time went."""
+
+    label: int
+    class_name: str
+    top_k: list[TopK]
+    descendant: int
+    queue_ms: float
+    compute_ms: float
+    total_ms: float = Field(description="Time from the request's arrival to its answer.")
+
+
+class ScheduleOut(BaseModel):
+    """The policy, the budget and the plan currently applied."""
+
+    policy: str
+    method: str
+    alpha: float
+    memory_budget_bytes: int
+    accounted_bytes: int
+    objective: float | None
+    feasible: bool
+    swapping: bool = Field(description="Models are swapped in and out (baseline over budget).")
+    apps: list[AppStatusOut]
+
+
+class ScheduleUpdate(_Strict):
+    """Change policy, solver method, alpha or memory budget (admin); omitted fields are kept."""
+
+    policy: Policy | None = None
+    method: Method | None = None
+    alpha: float | None = Field(default=None, ge=0, le=1e6)
+    memory_budget_bytes: int | None = Field(default=None, gt=0, le=1 << 50)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ScheduleUpdate:
+        if not self.model_dump(exclude_none=True):
+            raise ValueError("give at least one of policy, method, alpha, memory_budget_bytes")
+        return self
+
+
+class DescendantOut(BaseModel):
+    """One row of a model's descendant table, from its profile."""
+
+    index: int
+    widths: dict[str, int]
+    params: int
+    bytes: int = Field(description="Resident weight bytes (fp32).")
+    macs: int
+    accuracy: float = Field(description="Top-1 accuracy on the test split.")
+    latency_ms: dict[str, float] = Field(description="Median batch-1 latency per backend.")
+    latency_p90_ms: dict[str, float] = Field(description="p90 batch-1 latency per backend.")
+
+
+class ModelSummary(BaseModel):
+    """A servable model."""
+
+    name: str
+    input_shape: list[int] = Field(description="(C, H, W) the model takes.")
+    num_classes: int
+    descendants: int
+    dataset: str | None
+
+
+class ModelDetail(ModelSummary):
+    """A servable model with its class names, normalisation and descendant table."""
+
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+    profiled_on: str = Field(description="CPU model and threads the latencies were measured on.")
+    backends: list[str]
+    table: list[DescendantOut]
+
+
+class RejectedModel(BaseModel):
+    """A file in the models directory that could not be served, and why."""
+
+    name: str
+    reason: str
+
+
+class ModelList(BaseModel):
+    """The servable models and the rejected files."""
+
+    models: list[ModelSummary]
+    rejected: list[RejectedModel]
+
+
+class Health(BaseModel):
+    """Liveness and a few counts."""
+
+    status: str
+    apps: int
+    models: int
+    uptime_s: float
+
+
+class Problem(BaseModel):
+    """An error answer: what is wrong, in one sentence."""
+
+    detail: str
+
+
+class InfeasibleProblem(Problem):
+    """The plan cannot fit in the memory budget."""
+
+    bytes_missing: int
+
+
+class OverloadProblem(Problem):
+    """The frame was not run: `dropped` (a newer frame replaced it) or `queue_full`."""
+
+    reason: str

@@ -1,0 +1,64 @@
+"""Convert the runtime's objects into response bodies."""
+
+from __future__ import annotations
+
+from api.schemas import AppOut, AppStatusOut, ScheduleOut
+from scheduler.runtime import AppInfo, AppStatus, Snapshot
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
+
+
+def app_out(info: AppInfo) -> AppOut:
+    """An app as registered or updated."""
+    return AppOut(
+        id=info.id,
+        name=info.name,
+        model=info.model,
+        descendant=info.descendant,
+        share=info.share,
+        accuracy=info.accuracy,
+        priority=info.priority,
+        target_latency_ms=_ms(info.target_latency_s),
+        fps=info.fps,
+    )
+
+
+def status_out(app: AppStatus) -> AppStatusOut:
+    """An app with its live counters."""
+    return AppStatusOut(
+        id=app.id,
+        name=app.name,
+        model=app.model,
+        descendant=app.descendant,
+        share=app.share,
+        accuracy=app.accuracy,
+        priority=app.priority,
+        target_latency_ms=_ms(app.target_latency_s),
+        fps=app.fps,
+        resident_bytes=app.resident_bytes,
+        loads=app.loads,
+        busy_s=app.busy_s,
+        fps_measured=app.fps_measured,
+        latency_p50_ms=_ms(app.latency_p50_s),
+        latency_p99_ms=_ms(app.latency_p99_s),
+        frames=app.frames,
+        drops=app.drops,
+        switches=app.switches,
+    )
+
+
+def schedule_out(snap: Snapshot) -> ScheduleOut:
+    """The policy, budget and applied plan."""
+    return ScheduleOut(
+        policy=snap.policy,
+        method=snap.method,
+        alpha=snap.alpha,
+        memory_budget_bytes=snap.memory_budget_bytes,
+        accounted_bytes=snap.accounted_bytes,
+        objective=snap.objective,
+        feasible=snap.feasible,
+        swapping=snap.swapping,
+        apps=[status_out(app) for app in snap.apps],
+    )
