@@ -56,8 +56,10 @@ class FrameSpec:
     def expected(self) -> str:
         """One sentence saying what a frame should look like."""
         c, h, w = self.shape
-        return (f"expected one frame of shape ({c}, {h}, {w}) as float32 (normalised model input)"
-                f" or uint8 pixels, or a PNG/JPEG image")
+        return (
+            f"expected one frame of shape ({c}, {h}, {w}) as float32 (normalised model input)"
+            f" or uint8 pixels, or a PNG/JPEG image"
+        )
 
 
 def media_type(content_type: str | None) -> str:
@@ -208,6 +210,7 @@ def resize(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Bilinear resize of a (C, H, W) tensor; a no-op when it already has that size."""
     if tensor.shape[1:] == (height, width):
         return tensor
-    out = F.interpolate(tensor[None], size=(height, width), mode="bilinear",
-                        align_corners=False, antialias=True)
+    out = F.interpolate(
+        tensor[None], size=(height, width), mode="bilinear", align_corners=False, antialias=True
+    )
     return out[0].contiguous()
