@@ -1,1 +1,37 @@
+"""Scheduler: cost model, MinTotalCost / MinMaxCost solvers, baseline and trace simulator."""
 
+from scheduler.cost import cost
+from scheduler.problem import (
+    App,
+    Assignment,
+    Descendant,
+    Problem,
+    Solution,
+    load_problem,
+    parse_problem,
+)
+from scheduler.solve import (
+    Tolerance,
+    baseline,
+    min_max_cost,
+    min_total_cost,
+    resolve,
+    solve,
+)
+
+__all__ = [
+    "App",
+    "Assignment",
+    "Descendant",
+    "Problem",
+    "Solution",
+    "Tolerance",
+    "baseline",
+    "cost",
+    "load_problem",
+    "min_max_cost",
+    "min_total_cost",
+    "parse_problem",
+    "resolve",
+    "solve",
+]

@@ -1,0 +1,315 @@
+"""Exact MinTotalCost and MinMaxCost on the discretised shares.
+
+A plan gives every app i one option (d_i, k_i): a descendant and a positive number of share
+units, with sum_i M(d_i) <= M_max and sum_i k_i <= U (U = 1 / share_step). Costs come from
+`Tables`, so every solver compares bit-identical numbers.
+
+Ties (plans with exactly equal objective as computed) are broken by: least memory, then
+fewest share units, then the lexicographically smallest (d_0, k_0, d_1, k_1, ...) in app
+order. Unused units are handed out afterwards by `solve` (they never raise a cost).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scheduler.cost import Tables
+
+Plan = tuple[tuple[int, int], ...]
+"""Per app in problem order: (descendant index, share units)."""
+
+_PRUNE_RTOL = 1e-9
+_BEAM = 8
+_LAMBDA_GRID = 16
+_LAMBDA_FINE = 8
+_LAMBDAS = 4
+_PROBES = 32
+
+
+@dataclass(frozen=True)
+class Options:
+    """One app's candidate (descendant, units) pairs that no other pair dominates.
+
+    Ordered lexicographically by (descendant, units), which the tie rule relies on.
+    """
+
+    desc: np.ndarray
+    units: np.ndarray
+    memory: np.ndarray
+    cost: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.desc)
+
+
+def app_options(tables: Tables, app: int, cap: float = np.inf) -> Options:
+    """Pairs (d, k) with cost <= cap that are not dominated in (units, memory, cost).
+
+    Within a descendant, units beyond the first reaching its lowest cost are dropped. Pair
+    (d, k) is dropped when another descendant d' with M(d') <= M(d) reaches a cost <= C(d, k)
+    with at most k units (exact ties keep the lower index). O(D^2 * U).
+    """
+    table, memory = tables.cost[app], tables.memory[app]
+    n_desc, units = table.shape
+    useful = tables.useful_units(app)
+    k = np.arange(1, units + 1)
+    k_other = np.minimum(k[None, :], useful[:, None])
+    c_other = np.take_along_axis(table, k_other - 1, axis=1)
+    other_better = (
+        (memory[:, None] < memory[None, :])[:, :, None]
+        | (c_other[:, None, :] < table[None, :, :])
+        | (k_other[:, None, :] < k[None, None, :])
+        | (np.arange(n_desc)[:, None] < np.arange(n_desc)[None, :])[:, :, None]
+    )
+    dominates = (
+        (memory[:, None] <= memory[None, :])[:, :, None]
+        & (c_other[:, None, :] <= table[None, :, :])
+        & other_better
+        & ~np.eye(n_desc, dtype=bool)[:, :, None]
+    )
+    keep = (k[None, :] <= useful[:, None]) & (table <= cap) & np.isfinite(table)
+    keep &= ~dominates.any(axis=0)
+    desc, unit = np.nonzero(keep)
+    unit = unit + 1
+    return Options(desc=desc, units=unit, memory=memory[desc], cost=table[desc, unit - 1])
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Lagrangian lower bounds on the cost of the apps not yet planned.
+
+    For a multiplier lam >= 0 on memory (in fractions of the budget), value[l, k, r] is the
+    least sum of C + lam * M / M_max over apps k.. with at most r units (memory ignored). Any
+    completion of a partial plan with r units and b bytes left costs at least
+    value[l, k, r] - lam * b / M_max: the classic Lagrangian relaxation of the memory budget;
+    lam = 0 is the unit-only bound.
+    """
+
+    lams: np.ndarray
+    value: np.ndarray
+    scale: float
+
+    @classmethod
+    def of(cls, options: list[Options], units: int, budget: int, lams: np.ndarray) -> Bounds:
+        """Backward DP over apps for every multiplier at once: O(L * n * |options| * U)."""
+        scale = float(max(budget, 1))
+        r = np.arange(units + 1)
+        later = np.zeros((len(lams), units + 1))
+        value = [later]
+        for opts in reversed(options):
+            padded = np.concatenate([np.full((len(lams), units), np.inf), later], axis=1)
+            shifted = padded[:, units + r[None, :] - opts.units[:, None]]
+            priced = opts.cost[None, :] + lams[:, None] * (opts.memory[None, :] / scale)
+            later = np.min(priced[:, :, None] + shifted, axis=1, initial=np.inf)
+            value.append(later)
+        return cls(lams=lams, value=np.stack(value[::-1], axis=1), scale=scale)
+
+    def rest(self, k: int, units_left: np.ndarray, bytes_left: np.ndarray) -> np.ndarray:
+        """Lower bound on the cost of apps k.. given the units and bytes left."""
+        value = self.value[:, k, :][:, units_left.clip(0)]
+        shape = (-1,) + (1,) * units_left.ndim
+        return np.max(value - self.lams.reshape(shape) * (bytes_left / self.scale), axis=0)
+
+    def root(self, units: int) -> np.ndarray:
+        """The bound of the whole problem for each multiplier."""
+        return self.value[:, 0, units] - self.lams
+
+
+def _multipliers(options: list[Options], units: int, budget: int) -> np.ndarray:
+    """0 and the best few multipliers of a geometric grid, refined once around the best."""
+    grid = np.geomspace(1e-4, 1e4, _LAMBDA_GRID)
+    step = grid[1] / grid[0]
+    root = Bounds.of(options, units, budget, grid).root(units)
+    best = grid[int(np.argmax(root))]
+    fine = np.geomspace(best / step, best * step, _LAMBDA_FINE)
+    root = Bounds.of(options, units, budget, fine).root(units)
+    top = fine[np.argsort(-root, kind="stable")[: _LAMBDAS - 1]]
+    return np.concatenate([[0.0], np.sort(top)])
+
+
+def _pareto_3d(s: np.ndarray, m: np.ndarray, c: np.ndarray, tie: np.ndarray) -> np.ndarray:
+    """Indices of the points not dominated in (units s, memory m, cost c), all minimised.
+
+    A point is dominated by another with s' <= s, m' <= m, c' <= c; exact duplicates keep the
+    smallest `tie`. Returned in (s, m, c, tie) order. The least cost per (s, m) cell goes on a
+    dense grid over the distinct s and m values, whose 2-D prefix minimum tells for each point
+    the least cost with fewer units or fewer bytes: O(P log P + S * Q) for P points over S
+    distinct unit counts and Q distinct byte counts.
+    """
+    order = np.lexsort((tie, c, m, s))
+    s, m, c = s[order], m[order], c[order]
+    first = np.ones(len(s), dtype=bool)
+    first[1:] = (s[1:] != s[:-1]) | (m[1:] != m[:-1])
+    s_values, si = np.unique(s, return_inverse=True)
+    m_values, mi = np.unique(m, return_inverse=True)
+    grid = np.full((len(s_values) + 1, len(m_values) + 1), np.inf)
+    grid[si[first] + 1, mi[first] + 1] = c[first]
+    np.minimum.accumulate(grid, axis=0, out=grid)
+    np.minimum.accumulate(grid, axis=1, out=grid)
+    better = np.minimum(grid[si, mi + 1], grid[si + 1, mi])
+    return order[first & (better > c)]
+
+
+@dataclass
+class _Layer:
+    """Surviving partial plans after some apps: parents and options for backtracking."""
+
+    units: np.ndarray
+    memory: np.ndarray
+    cost: np.ndarray
+    rank: np.ndarray
+    parent: np.ndarray
+    option: np.ndarray
+
+    @classmethod
+    def root(cls) -> _Layer:
+        """The empty plan before the first app."""
+        zero = np.zeros(1, dtype=np.int64)
+        return cls(zero, zero, np.zeros(1), zero, zero, zero)
+
+
+def min_total_plan(tables: Tables, options: list[Options]) -> Plan | None:
+    """Exact MinTotalCost: Pareto dynamic programming over apps with bounding.
+
+    Layer k holds the partial plans of apps 0..k-1 that no other partial plan dominates in
+    (units used, memory used, cost) -- any completion of a dominated plan also completes the
+    dominating one at no higher cost, so the optimum survives. A partial plan is also dropped
+    when it cannot be completed (fewer units or bytes left than the remaining apps' options
+    need at least) or when its cost plus a lower bound of the rest (`Bounds`) exceeds the
+    objective of a known plan. That plan comes from a first pass of the same DP keeping only
+    the `_BEAM` most promising partial plans per layer (if the beam never had to drop one,
+    that pass was exact already; if it found no plan, there is no bound). Returns None when
+    no plan fits.
+
+    Complexity: O(sum_k P_k * |options_k|) candidate plans per pass and O(P log P + U * P) to
+    filter a layer, P_k the front size: at most U times the number of distinct memory sums,
+    in practice hundreds to a few thousand after bounding.
+    """
+    units, budget = tables.units, tables.budget
+    bound = Bounds.of(options, units, budget, np.zeros(1))
+    incumbent, truncated = _pareto_dp(tables, options, bound, np.inf, beam=_BEAM)
+    if not truncated:
+        return None if incumbent is None else _plan_of(options, incumbent)
+    upper = np.inf if incumbent is None else _total(options, incumbent)
+    if bound.root(units)[0] < upper:
+        bound = Bounds.of(options, units, budget, _multipliers(options, units, budget))
+        guided, _ = _pareto_dp(tables, options, bound, upper, beam=_BEAM)
+        if guided is not None and _total(options, guided) < upper:
+            incumbent, upper = guided, _total(options, guided)
+    best, _ = _pareto_dp(tables, options, bound, upper, beam=None)
+    if best is None:
+        return None if incumbent is None else _plan_of(options, incumbent)
+    return _plan_of(options, best)
+
+
+def _suffix_sums(values: list[int]) -> np.ndarray:
+    """[k]: sum of values[k:], for k = 0..len(values)."""
+    return np.concatenate([np.cumsum(values[::-1])[::-1], [0]]).astype(np.int64)
+
+
+def _total(options: list[Options], chosen: list[int]) -> float:
+    """Objective of a plan given as option indices."""
+    return sum(float(o.cost[i]) for o, i in zip(options, chosen, strict=True))
+
+
+def _plan_of(options: list[Options], chosen: list[int]) -> Plan:
+    """Option indices -> (descendant, units) per app."""
+    return tuple((int(o.desc[i]), int(o.units[i])) for o, i in zip(options, chosen, strict=True))
+
+
+def _pareto_dp(
+    tables: Tables,
+    options: list[Options],
+    bound: Bounds,
+    upper: float,
+    beam: int | None,
+) -> tuple[list[int] | None, bool]:
+    """One pass of the Pareto DP (see `min_total_plan`).
+
+    Returns the option index per app of the best plan found (None if none fits) and whether
+    the beam dropped any non-dominated partial plan (if not, the plan is optimal).
+    """
+    _n, units, budget = tables.n_apps, tables.units, tables.budget
+    min_memory_after = _suffix_sums([int(o.memory.min()) for o in options])
+    min_units_after = _suffix_sums([int(o.units.min()) for o in options])
+    slack = _PRUNE_RTOL * max(1.0, abs(upper)) if np.isfinite(upper) else 0.0
+    layer = _Layer.root()
+    layers: list[_Layer] = []
+    truncated = False
+    for k, opts in enumerate(options):
+        s = layer.units[:, None] + opts.units[None, :]
+        m = layer.memory[:, None] + opts.memory[None, :]
+        c = layer.cost[:, None] + opts.cost[None, :]
+        ok = (s <= units - min_units_after[k + 1]) & (m <= budget - min_memory_after[k + 1])
+        rest = bound.rest(k + 1, units - s, budget - m)
+        ok &= c + rest <= upper + slack
+        parent, option = np.nonzero(ok)
+        if len(parent) == 0:
+            return None, truncated
+        tie = layer.rank[parent] * len(opts) + option
+        keep = _pareto_3d(s[ok], m[ok], c[ok], tie)
+        if beam is not None and len(keep) > beam:
+            truncated = True
+            promise = (c[ok] + rest[ok])[keep]
+            keep = keep[np.lexsort((tie[keep], promise))[:beam]]
+        parent, option = parent[keep], option[keep]
+        rank = np.empty(len(keep), dtype=np.int64)
+        rank[np.argsort(tie[keep], kind="stable")] = np.arange(len(keep))
+        layer = _Layer(s[ok][keep], m[ok][keep], c[ok][keep], rank, parent, option)
+        layers.append(layer)
+    best = np.lexsort((layer.rank, layer.units, layer.memory, layer.cost))[0]
+    return _backtrack(layers, int(best)), truncated
+
+
+def _backtrack(layers: list[_Layer], point: int) -> list[int]:
+    """Follow parent links from a point of the last layer back to the first app."""
+    chosen = []
+    for layer in reversed(layers):
+        chosen.append(int(layer.option[point]))
+        point = int(layer.parent[point])
+    return chosen[::-1]
+
+
+def min_max_level(tables: Tables) -> float | None:
+    """Exact MinMaxCost objective: the least cost level c every app can stay at or below.
+
+    The optimum is one of the finitely many table costs. For a level c each app needs, per
+    descendant d, the fewest units k_d(c) with C(d, k) <= c (if any); `_fits_at` decides with
+    a DP over units whether some choice fits both budgets, O(n * D * U) per level. Feasibility
+    is monotone in c, so a search over the sorted distinct costs (`_PROBES` levels at a time,
+    vectorised) needs O(log(n * D * U)) rounds: O(n * D * U * log(n * D * U)) in all.
+    """
+    levels = np.unique(np.concatenate([t.ravel() for t in tables.cost]))
+    levels = levels[np.isfinite(levels)]
+    floor = max(float(t.min()) for t in tables.cost)
+    lo, hi = int(np.searchsorted(levels, floor)), len(levels) - 1
+    if not _fits_at(tables, levels[hi : hi + 1])[0]:
+        return None
+    while lo < hi:
+        probes = np.unique(np.linspace(lo, hi, min(_PROBES, hi - lo + 1)).astype(np.int64))
+        fits = _fits_at(tables, levels[probes])
+        first = int(np.argmax(fits))
+        hi = int(probes[first])
+        lo = int(probes[first - 1]) + 1 if first > 0 else lo
+    return float(levels[lo])
+
+
+def _fits_at(tables: Tables, levels: np.ndarray) -> np.ndarray:
+    """Per level: can every app have cost <= level within both budgets?
+
+    least[l, s] is the fewest bytes the apps so far need with at most s units at level l
+    (columns 0..U hold "no way", so that s - need indexes it without bounds checks).
+    """
+    units = tables.units
+    never = np.iinfo(np.int64).max // 4
+    least = np.zeros((len(levels), 2 * units + 2), dtype=np.int64)
+    least[:, : units + 1] = never
+    row = np.arange(len(levels))[:, None, None]
+    s = np.arange(units + 1, 2 * units + 2)[None, None, :]
+    for table, memory in zip(tables.cost, tables.memory, strict=True):
+        need = (table[None, :, :] > levels[:, None, None]).sum(axis=2) + 1
+        options = least[row, s - need[:, :, None]] + memory[None, :, None]
+        least[:, units + 1 :] = np.minimum(options.min(axis=1), never)
+    return least[:, -1] <= tables.budget

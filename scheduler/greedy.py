@@ -1,0 +1,299 @@
+"""Greedy MinTotalCost / MinMaxCost in the spirit of NestDNN's heuristic.
+
+Both start every app at its smallest descendant with an equal share and take improving
+moves, best first, until none is left. Neither backtracks, so neither is optimal in general;
+both keep both budgets at every step, so they are feasible whenever exact is (the start --
+smallest descendants, >= 1 unit each -- is feasible whenever any plan is).
+
+MinTotalCost moves: (a) share units move one at a time from the app (or free pool) that
+loses least to the app that gains most, while that lowers the total -- for a fixed set of
+descendants this reaches the best split, the cost being convex in the units, and it is
+computed directly as "each app's base units plus the U - sum(base) largest marginal gains";
+(b) one app switches descendant (upgrade or downgrade) if that, followed by (a), lowers the
+total; the switch with the largest cost reduction per byte of extra memory (as a fraction of
+M_max) goes first, switches that free memory rank first. Ties: larger reduction, then lower
+app index, then lower descendant index. Per move O(n * D * U + n * U log(n * U)).
+
+MinMaxCost moves: the worst app (ties: lowest index) switches descendant and/or takes t
+units -- from the pool first, then the other apps' cheapest units -- as long as every other
+app stays strictly below the current maximum; the move with the largest cost reduction per
+resource (extra bytes / M_max + t / U) goes first. When the worst app cannot improve, the
+MinTotalCost moves follow, restricted to plans whose every cost stays <= that maximum.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from scheduler.cost import Tables
+from scheduler.exact import Plan
+
+_GAIN_EPS = 1e-12
+
+
+def greedy_min_total(tables: Tables, start: list[int], cap: float = np.inf) -> Plan:
+    """MinTotalCost moves from descendants `start`, every cost kept <= cap."""
+    split = _Splitter(tables, cap)
+    desc = np.array(start, dtype=np.int64)
+    memory = np.stack([_padded(m, split.width, 0) for m in tables.memory])
+    rows = np.arange(tables.n_apps)
+    pairs = np.array(list(itertools.combinations(rows, 2)), dtype=np.int64).reshape(-1, 2)
+    while True:
+        now = memory[rows, desc]
+        after = split.cost_after_switch(desc)
+        current = float(after[0, desc[0]])
+        move = _best(current - after, memory - now[:, None], int(now.sum()), tables.budget)
+        if move is not None:
+            i, d = move
+            desc[i] = d
+            continue
+        i, j = pairs[:, 0], pairs[:, 1]
+        extra = memory[i][:, :, None] + memory[j][:, None, :] - (now[i] + now[j])[:, None, None]
+        gain = current - split.cost_after_pairs(desc, pairs)
+        move = _best(gain, extra, int(now.sum()), tables.budget)
+        if move is None:
+            return split.plan(desc)
+        p, a, b = move
+        desc[pairs[p, 0]], desc[pairs[p, 1]] = a, b
+
+
+def _best(gain: np.ndarray, extra: np.ndarray, used: int, budget: int) -> tuple[int, ...] | None:
+    """Index of the best move: the largest gain per extra byte (as a fraction of the budget).
+
+    Moves that need no extra bytes rank first; ties go to the larger gain, then the lowest
+    index. None when no move fits the budget and lowers the cost.
+    """
+    finite = gain[np.isfinite(gain)]
+    scale = max(1.0, float(np.abs(finite).max())) if len(finite) else 1.0
+    ok = (used + extra <= budget) & (gain > _GAIN_EPS * scale)
+    if not ok.any():
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(extra > 0, gain / (extra / max(budget, 1)), np.inf)
+    score = np.where(ok, score, -np.inf)
+    best = int(np.lexsort((np.arange(gain.size), -gain.ravel(), -score.ravel()))[0])
+    return tuple(int(x) for x in np.unravel_index(best, gain.shape))
+
+
+def _padded(row: np.ndarray, width: int, fill: float) -> np.ndarray:
+    """Pad a per-descendant vector to `width` entries."""
+    return np.concatenate([row, np.full(width - len(row), fill, dtype=row.dtype)])
+
+
+class _Splitter:
+    """Best split of the units for given descendants, with every cost kept <= cap.
+
+    App i with descendant d needs base[i, d] units (the fewest with cost <= cap; 1 when cap
+    is inf) and each further unit t gains gains[i, d, t] >= 0, non-increasing in t (convex
+    costs; only units that lower the cost are listed). The best split gives the
+    U - sum(base) free units to the largest gains; free units beyond those stay unused.
+    """
+
+    def __init__(self, tables: Tables, cap: float) -> None:
+        n, units = tables.n_apps, tables.units
+        self.units = units
+        self.width = max(t.shape[0] for t in tables.cost)
+        self.base = np.full((n, self.width), units + 1, dtype=np.int64)
+        self.base_cost = np.full((n, self.width), np.inf)
+        rows: dict[tuple[int, int], np.ndarray] = {}
+        for i, table in enumerate(tables.cost):
+            useful = tables.useful_units(i)
+            for d, row in enumerate(table):
+                within = np.flatnonzero((row <= cap) & np.isfinite(row))
+                if len(within) == 0:
+                    continue
+                b = int(within[0])
+                self.base[i, d] = b + 1
+                self.base_cost[i, d] = row[b]
+                rows[i, d] = row[b : useful[d] - 1] - row[b + 1 : useful[d]]
+        self.length = max((len(r) for r in rows.values()), default=0)
+        self.gains = np.zeros((n, self.width, self.length))
+        for (i, d), row in rows.items():
+            self.gains[i, d, : len(row)] = row
+        self.prefix = np.concatenate(
+            [np.zeros((n, self.width, 1)), np.cumsum(self.gains, axis=2)], axis=2
+        )
+
+    def _others(self, desc: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+        """[r, x]: the x largest gains of the apps not in row r of `excluded` (x = 0..U)."""
+        n = len(desc)
+        gains = self.gains[np.arange(n), desc]
+        flat, owner = gains.ravel(), np.repeat(np.arange(n), self.length)
+        order = np.lexsort((owner, -flat))[: self.units + excluded.shape[1] * self.length]
+        flat, owner = flat[order], owner[order]
+        keep = np.all(owner[None, :, None] != excluded[:, None, :], axis=2)
+        count = np.cumsum(keep, axis=1)
+        total = np.cumsum(np.where(keep, flat, 0.0), axis=1)
+        others = np.full((len(excluded), self.units + 1), -np.inf)
+        others[:, 0] = 0.0
+        r, p = np.nonzero(keep & (count <= self.units))
+        others[r, count[r, p]] = total[r, p]
+        return np.maximum.accumulate(others, axis=1)
+
+    def cost_after_switch(self, desc: np.ndarray) -> np.ndarray:
+        """total[i, d]: least total cost if app i switches to d (inf if it cannot fit)."""
+        n, rows = len(desc), np.arange(len(desc))
+        base_now = self.base[rows, desc]
+        free = self.units - (base_now.sum() - base_now[:, None] + self.base)
+        others = self._others(desc, rows[:, None])
+        best_gain = _best_split(self.prefix, others[:, None, :], free)
+        cost_now = self.base_cost[rows, desc]
+        total = cost_now.sum() - cost_now[:, None] + self.base_cost - best_gain
+        return np.where(np.isfinite(total), total, np.inf).reshape(n, self.width)
+
+    def cost_after_pairs(self, desc: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+        """total[p, a, b]: least total cost if apps pairs[p] switch to a and b."""
+        rows = np.arange(len(desc))
+        i, j = pairs[:, 0], pairs[:, 1]
+        base_now = self.base[rows, desc]
+        rest = base_now.sum() - base_now[i] - base_now[j]
+        free = self.units - (
+            rest[:, None, None] + self.base[i][:, :, None] + self.base[j][:, None, :]
+        )
+        both = np.concatenate(
+            np.broadcast_arrays(self.gains[i][:, :, None, :], self.gains[j][:, None, :, :]),
+            axis=3,
+        )
+        both = -np.sort(-both, axis=3)
+        zero = np.zeros((*both.shape[:3], 1))
+        own = np.concatenate([zero, np.cumsum(both, axis=3)], axis=3)
+        others = self._others(desc, pairs)
+        best_gain = _best_split(own, others[:, None, None, :], free)
+        cost_now = self.base_cost[rows, desc]
+        rest_cost = cost_now.sum() - cost_now[i] - cost_now[j]
+        total = (
+            rest_cost[:, None, None]
+            + self.base_cost[i][:, :, None]
+            + self.base_cost[j][:, None, :]
+            - best_gain
+        )
+        return np.where(np.isfinite(total), total, np.inf)
+
+    def plan(self, desc: np.ndarray) -> Plan:
+        """The split itself: base units plus the positive gains among the largest free ones."""
+        n = len(desc)
+        units = self.base[np.arange(n), desc].copy()
+        gains = self.gains[np.arange(n), desc]
+        flat, owner = gains.ravel(), np.repeat(np.arange(n), self.length)
+        order = np.lexsort((owner, -flat))[: max(0, self.units - int(units.sum()))]
+        chosen = order[flat[order] > 0]
+        units += np.bincount(owner[chosen], minlength=n)
+        return tuple((int(d), int(k)) for d, k in zip(desc, units, strict=True))
+
+
+def greedy_min_max(tables: Tables, start: list[int]) -> Plan:
+    """MinMaxCost moves of the worst app, then MinTotalCost moves under the maximum reached."""
+    state = _WorstFirst(tables, start)
+    while state.improve_worst():
+        pass
+    plan = state.plan()
+    worst = max(tables.cost[i][d, k - 1] for i, (d, k) in enumerate(plan))
+    return greedy_min_total(tables, [d for d, _ in plan], cap=worst)
+
+
+@dataclass
+class _WorstFirst:
+    """Plan under MinMaxCost moves: descendants, units, free units and memory used."""
+
+    tables: Tables
+    desc: np.ndarray
+    units: np.ndarray
+    pool: int
+    memory: int
+
+    def __init__(self, tables: Tables, start: list[int]) -> None:
+        n = tables.n_apps
+        self.tables = tables
+        self.desc = np.array(start, dtype=np.int64)
+        self.units = np.full(n, tables.units // n, dtype=np.int64)
+        self.pool = tables.units - int(self.units.sum())
+        self.memory = int(sum(m[d] for m, d in zip(tables.memory, self.desc, strict=True)))
+        self._release()
+
+    def plan(self) -> Plan:
+        """The current plan."""
+        return tuple((int(d), int(k)) for d, k in zip(self.desc, self.units, strict=True))
+
+    def _cost(self, i: int, units: int | None = None) -> float:
+        """App i's cost with its descendant and `units` (default: its own)."""
+        k = int(self.units[i]) if units is None else units
+        return float(self.tables.cost[i][self.desc[i], k - 1])
+
+    def _release(self) -> None:
+        """Return to the pool every unit an app holds beyond the fewest reaching its cost."""
+        for i in range(self.tables.n_apps):
+            row = self.tables.cost[i][self.desc[i]]
+            need = int(np.argmax(row <= row[self.units[i] - 1])) + 1
+            self.pool += int(self.units[i] - need)
+            self.units[i] = need
+
+    def _donors(self, worst: int, cap: float) -> list[int]:
+        """Units others can give, cheapest first, as owners (-1: the pool).
+
+        Donor j gives units one by one (its losses rise, the cost being convex in units)
+        while it keeps >= 1 unit and its cost stays strictly below the cap.
+        """
+        entries = [(0.0, -1)] * self.pool
+        for j in range(self.tables.n_apps):
+            if j == worst:
+                continue
+            before = self._cost(j)
+            for k in range(int(self.units[j]) - 1, 0, -1):
+                after = self._cost(j, k)
+                if after >= cap:
+                    break
+                entries.append((after - before, j))
+                before = after
+        return [j for _, j in sorted(entries, key=lambda e: e[0])]
+
+    def improve_worst(self) -> bool:
+        """Take the worst app's best move; False when it has none."""
+        tables = self.tables
+        costs = [self._cost(i) for i in range(tables.n_apps)]
+        i = int(np.argmax(costs))
+        donors = self._donors(i, costs[i])
+        table, memory = tables.cost[i], tables.memory[i]
+        k = int(self.units[i])
+        most = min(len(donors), tables.units - k)
+        gain = costs[i] - table[:, k - 1 : k + most]
+        extra = memory - memory[self.desc[i]]
+        ok = (self.memory + extra <= tables.budget)[:, None] & (
+            gain > _GAIN_EPS * max(1.0, abs(costs[i]))
+        )
+        if not ok.any():
+            return False
+        resource = np.maximum(extra, 0)[:, None] / max(tables.budget, 1) + (
+            np.arange(most + 1)[None, :] / tables.units
+        )
+        with np.errstate(divide="ignore", invalid="ignore"):
+            score = np.where(ok, np.where(resource > 0, gain / resource, np.inf), -np.inf)
+        best = np.lexsort((np.arange(score.size), -gain.ravel(), -score.ravel()))[0]
+        d, t = np.unravel_index(best, score.shape)
+        self.memory += int(extra[d])
+        self.desc[i] = d
+        for j in donors[:t]:
+            if j < 0:
+                self.pool -= 1
+            else:
+                self.units[j] -= 1
+        self.units[i] += t
+        self._release()
+        return True
+
+
+def _best_split(own: np.ndarray, others: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """max over y <= free of own[..., y] + others[..., free - y]: the best use of free units.
+
+    own[..., y] is the gain of y units to the switching app(s), others[..., x] that of x
+    units to the rest (constant once their gains run out); -inf where `free` < 0 (the bases
+    alone do not fit).
+    """
+    units = others.shape[-1] - 1
+    y = np.arange(own.shape[-1])
+    idx = free[..., None] - y
+    shape = (*np.broadcast_shapes(own.shape[:-1], free.shape), units + 1)
+    taken = np.take_along_axis(np.broadcast_to(others, shape), idx.clip(0, units), axis=-1)
+    return np.max(np.where(idx >= 0, own + taken, -np.inf), axis=-1, initial=-np.inf)
