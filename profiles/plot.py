@@ -8,11 +8,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib import ticker
 
 from profiles.schema import Profile
 
 MARKERS = {"torch": "o", "tflite": "s"}
 MIB = 1 << 20
+LOG_SCALE_SPREAD = 10  # latencies spanning more than this factor get a log axis
 
 
 def plot_profile(profile: Profile, path: str | Path) -> Path:
@@ -20,10 +22,12 @@ def plot_profile(profile: Profile, path: str | Path) -> Path:
     path = Path(path)
     fig, (ax_lat, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
     accuracies = [100 * d.accuracy for d in profile.descendants]
+    all_latencies = []
     for backend in profile.backends:
         figures = profile.backend(backend)
         marker = MARKERS.get(backend, "^")
         latencies = [1e3 * f.latency.median_s for f in figures]
+        all_latencies += latencies
         memories = [f.memory.delta_bytes / MIB for f in figures]
         ax_lat.plot(latencies, accuracies, marker=marker, label=backend)
         ax_mem.plot(memories, accuracies, marker=marker, label=f"{backend} extra peak RSS")
@@ -37,6 +41,9 @@ def plot_profile(profile: Profile, path: str | Path) -> Path:
         ylabel="test accuracy (%)",
         title="accuracy vs latency",
     )
+    if max(all_latencies) > LOG_SCALE_SPREAD * min(all_latencies):
+        ax_lat.set_xscale("log")
+        ax_lat.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
     ax_mem.set(xlabel="memory (MiB)", ylabel="test accuracy (%)", title="accuracy vs memory")
     for ax in (ax_lat, ax_mem):
         ax.grid(alpha=0.3)
