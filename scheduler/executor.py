@@ -240,6 +240,9 @@ class Executor:
         job = _Job(frame, Future(), time.monotonic())
         with self._cond:
             app = self._app(app_id)
+            if self._stopping:
+                _fail(job.future, FrameDropped("the runtime is stopping"))
+                return job.future
             pushed_out = None
             if len(app.jobs) >= app.capacity:
                 if self._overflow == "refuse":

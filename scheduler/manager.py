@@ -93,7 +93,7 @@ class ModelManager:
         self._slots: dict[str, _Slot] = {}
         self._accounted = 0
         self._swapping = False
-        self._lock = threading.RLock()
+        self._lock = threading.Condition(threading.RLock())
 
     @property
     def accounted_bytes(self) -> int:
@@ -128,10 +128,11 @@ class ModelManager:
             for app_id, target in targets.items():
                 self._set_target(app_id, target)
             downgrades = [a for a in targets if self._direction(a) == "down"]
-            upgrades = [a for a in targets if self._direction(a) == "up"]
         for app_id in downgrades:
             self._switch(app_id, hold)
         self._lower_limit(budget, hold)
+        with self._lock:
+            upgrades = [a for a in targets if self._direction(a) == "up"]
         for app_id in upgrades:
             if swapping:
                 self._unload_if_stale(app_id, hold)
@@ -163,7 +164,11 @@ class ModelManager:
         return "down" if slot.memory[slot.target] <= slot.accounted else "up"
 
     def _lower_limit(self, budget: int, hold: Hold) -> None:
-        """Bring the limit down to the budget, evicting least recently used models if swapping."""
+        """Bring the limit down to the budget, evicting least recently used models if needed.
+
+        Needed only while swapping, or when a load the worker began under the old limit is
+        still running (then its end is awaited).
+        """
         while True:
             with self._lock:
                 if self._accounted <= budget:
@@ -171,10 +176,9 @@ class ModelManager:
                     self._notify("limit set to the budget")
                     return
                 victim = self._least_recently_used(exclude=None)
-                if victim is None or not self._swapping:
-                    raise BudgetViolation(
-                        f"{self._accounted} bytes resident after the downgrades, budget {budget}"
-                    )
+                if victim is None:
+                    self._await_busy_slot(f"{self._accounted} bytes held, budget {budget}")
+                    continue
             with hold(victim), self._lock:
                 self._release(self._slots[victim], f"{victim}: evicted for the new budget")
 
@@ -198,27 +202,35 @@ class ModelManager:
                 if old is not None and old.descendant == target:
                     return
                 need = slot.memory[target]
-                if old is not None and old.switches_in_place and self._fits(need):
-                    self._reserve(need, f"{app_id}: d{old.descendant}->d{target} in place,"
+                in_place = old is not None and old.switches_in_place and self._fits(need)
+                if in_place:
+                    self._reserve(need, f"{app_id}: d{slot.last_descendant}->d{target} in place,"
                                         " old and new both accounted")
                     slot.busy = True
                 else:
-                    old = None
                     self._release(slot, f"{app_id}: old descendant freed before a cold load")
-            if old is None:
-                self._load(app_id, slot)
-                return
-            try:
-                old.switch_in_place(target)
-            finally:
-                with self._lock:
-                    slot.busy = False
-                    if old.descendant == target:
-                        self._unreserve(slot.accounted, f"{app_id}: old descendant freed")
-                        slot.accounted = need
-                        self._count_switch(slot, target)
-                    else:
-                        self._unreserve(need, f"{app_id}: switch failed")
+                    self._reserve_load(app_id, slot)
+            if in_place:
+                assert old is not None
+                self._switch_in_place(app_id, slot, old, need)
+            else:
+                self._complete_load(app_id, slot, need)
+
+    def _switch_in_place(self, app_id: str, slot: _Slot, model: LoadedModel, need: int) -> None:
+        """Grow or shrink the resident model; then release the old descendant's bytes."""
+        target = slot.target
+        try:
+            model.switch_in_place(target)
+        finally:
+            with self._lock:
+                slot.busy = False
+                if model.descendant == target:
+                    self._unreserve(slot.accounted, f"{app_id}: old descendant freed")
+                    slot.accounted = need
+                    self._count_switch(slot, target)
+                else:
+                    self._unreserve(need, f"{app_id}: switch failed")
+                self._lock.notify_all()
 
     # ---------------------------------------------------------------- inference
 
@@ -232,23 +244,33 @@ class ModelManager:
         if slot.model is None:
             with self._lock:
                 self._make_room(app_id, slot.memory[slot.target])
-            self._load(app_id, slot)
+                need = self._reserve_load(app_id, slot)
+            self._complete_load(app_id, slot, need)
         model = slot.model
         assert model is not None
         slot.last_used = time.monotonic()
         return model.predict(frame), model.descendant
 
     def _make_room(self, app_id: str, need: int) -> None:
-        """Evict least recently used other models until ``need`` bytes fit (swapping only).
+        """Evict least recently used other models until ``need`` bytes fit.
 
         Runs on the executor's single worker, which is running ``app_id``: no other app has a
-        job in flight, and slots being switched are busy and skipped.
+        job in flight. Slots being switched are busy: they are skipped, and if nothing else
+        can go, their end is awaited (it frees their transient bytes).
         """
         while not self._fits(need):
             victim = self._least_recently_used(exclude=app_id)
             if victim is None:
-                raise BudgetViolation(f"{app_id} needs {need} bytes; nothing left to evict")
-            self._release(self._slots[victim], f"{victim}: evicted for {app_id}")
+                self._await_busy_slot(f"{app_id} needs {need} bytes")
+            else:
+                self._release(self._slots[victim], f"{victim}: evicted for {app_id}")
+
+    def _await_busy_slot(self, problem: str) -> None:
+        """Wait (lock held on entry and exit) until a busy slot finishes; none busy: a bug."""
+        if not any(s.busy for s in self._slots.values()):
+            raise BudgetViolation(f"{problem}: {self._accounted} bytes held, limit"
+                                  f" {self._limit}, nothing left to evict")
+        self._lock.wait()
 
     def _least_recently_used(self, exclude: str | None) -> str | None:
         resident = [(s.last_used, a) for a, s in self._slots.items()
@@ -257,25 +279,30 @@ class ModelManager:
 
     # ---------------------------------------------------------------- ledger
 
-    def _load(self, app_id: str, slot: _Slot) -> None:
-        """Reserve the target's bytes, load it from storage outside the lock, then commit."""
-        with self._lock:
-            target = slot.target
-            need = slot.memory[target]
-            self._reserve(need, f"{app_id}: loading d{target}")
-            slot.busy = True
+    def _reserve_load(self, app_id: str, slot: _Slot) -> int:
+        """Reserve the target's bytes and mark the slot busy (lock held); returns the bytes."""
+        need = slot.memory[slot.target]
+        self._reserve(need, f"{app_id}: loading d{slot.target}")
+        slot.busy = True
+        return need
+
+    def _complete_load(self, app_id: str, slot: _Slot, need: int) -> None:
+        """Load the reserved descendant from storage outside the lock, then commit it."""
+        target = slot.target
         try:
             model = self._backend.open(slot.entry, target)
         except BaseException:
             with self._lock:
                 slot.busy = False
                 self._unreserve(need, f"{app_id}: load failed")
+                self._lock.notify_all()
             raise
         with self._lock:
             slot.busy = False
             slot.model, slot.accounted = model, need
             slot.loads += 1
             self._count_switch(slot, target)
+            self._lock.notify_all()
 
     def _release(self, slot: _Slot, why: str) -> None:
         """Drop a slot's model and its bytes from the ledger."""

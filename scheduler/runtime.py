@@ -104,7 +104,7 @@ class Runtime:
         self._committed = _Committed(settings.policy, settings.method, settings.alpha,
                                      settings.memory_budget_bytes, {}, None)
         self._events = threading.Lock()
-        self._running = False
+        self._running = self._stopped = False
 
     @staticmethod
     def _make_backend(settings: RuntimeSettings) -> Backend:
@@ -119,8 +119,9 @@ class Runtime:
         with self._events:
             if self._running:
                 return
+            if self._stopped:
+                raise NestError("a stopped runtime cannot start again; create a new Runtime")
             self._prepare_backend()
-            torch.set_num_threads(self.settings.threads)
             self._restore()
             self._executor.start()
             self._running = True
@@ -132,7 +133,7 @@ class Runtime:
         with self._events:
             if not self._running:
                 return
-            self._running = False
+            self._running, self._stopped = False, True
             self._executor.stop()
             self._persist()
 

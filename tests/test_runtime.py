@@ -27,9 +27,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from nestdnn.errors import NestError
-from scheduler.backends import TorchBackend
-from scheduler.catalogue import ModelCatalogue
+from scheduler.backends import LoadedModel, TorchBackend
+from scheduler.catalogue import CatalogueEntry, ModelCatalogue
 from scheduler.errors import FrameDropped, Infeasible, QueueFull, UnknownApp, UnknownModel
+from scheduler.executor import Executor
 from scheduler.manager import ModelManager, Target
 from scheduler.runtime import AppSpec, Prediction, Runtime, RuntimeSettings, Snapshot
 from scheduler.state import RuntimeState
@@ -201,6 +202,51 @@ def test_swapping_loads_on_demand_and_evicts_the_least_recently_used(
     assert (manager.info("a").loads, manager.info("b").loads) == (2, 1)
     assert manager.info("b").descendant is None  # evicted for a's second turn
     assert (manager.info("a").switches, manager.info("b").switches) == (0, 0)
+
+
+def test_a_budget_cut_waits_for_a_load_in_progress_and_never_passes_the_limit(
+    catalogue: ModelCatalogue,
+) -> None:
+    """While the worker loads a model on demand (swapping), the admin cuts the budget: the
+    cut waits for the load to end, evicts it after its frame, and only then lowers the
+    limit and loads the new plan."""
+    cam = sizes(catalogue, "cam")
+    entry = catalogue.entries["cam"]
+    opening, gate, waited = threading.Event(), threading.Event(), threading.Event()
+
+    class GatedBackend(TorchBackend):
+        def open(self, entry: CatalogueEntry, descendant: int) -> LoadedModel:
+            opening.set()
+            assert gate.wait(timeout=120)
+            return super().open(entry, descendant)
+
+    class Probe(ModelManager):
+        def _await_busy_slot(self, problem: str) -> None:
+            waited.set()
+            super()._await_busy_slot(problem)
+
+    ledger = Ledger()
+    manager = Probe(GatedBackend(), cam[2], observer=ledger)
+    executor = Executor(manager.run, queue_size=2)
+    executor.add_app("a", 1.0)
+    manager.apply({"a": Target(entry, 2)}, cam[2], swapping=True, hold=executor.hold)
+    executor.start()
+    try:
+        frame = executor.submit("a", frame_for(catalogue, "cam"))
+        assert opening.wait(timeout=120)
+        cut = threading.Thread(target=manager.apply,
+                               args=({"a": Target(entry, 0)}, cam[0], False, executor.hold))
+        cut.start()
+        assert waited.wait(timeout=120)  # the cut found only the busy load and waits for it
+        gate.set()
+        cut.join(timeout=120)
+        assert frame.result(timeout=120).descendant == 2
+    finally:
+        gate.set()
+        executor.stop()
+    assert ledger.over_limit() == []
+    assert (manager.limit, manager.accounted_bytes) == (cam[0], cam[0])
+    assert manager.info("a").descendant == 0
 
 
 # -------------------------------------------------------------------------------- runtime

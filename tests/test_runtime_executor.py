@@ -185,12 +185,13 @@ def test_remove_app_drops_queued_frames_and_refuses_new_ones() -> None:
         executor.stop()
 
 
-def test_stop_drops_queued_frames() -> None:
+def test_stop_drops_queued_frames_and_later_ones() -> None:
     executor = Executor(lambda a, f: ([1.0], 0), queue_size=8)
     executor.add_app("cam", 1.0)
     queued = [executor.submit("cam", FRAME) for _ in range(3)]
     executor.stop()
-    assert [outcome(f) for f in queued] == ["dropped"] * 3
+    late = executor.submit("cam", FRAME)
+    assert [outcome(f) for f in [*queued, late]] == ["dropped"] * 4
 
 
 def test_percentile_nearest_rank() -> None:
