@@ -523,11 +523,15 @@ class _NestReader:
             key: self.get_tensor(own_name(key, level)).clone() for key in self.layout.per_descendant
         }
 
-    def module(self, level: int, state: Mapping[str, Tensor]) -> NestNet:
-        """A dense eval-mode model of descendant ``level`` whose tensors are ``state``'s."""
+    def skeleton(self, level: int) -> NestNet:
+        """Descendant ``level``'s model on the meta device (built once per reader)."""
         if level not in self._skeletons:
             self._skeletons[level] = _skeleton(self.manifest.config(level))
-        return _instantiate(self._skeletons[level], state)
+        return self._skeletons[level]
+
+    def module(self, level: int, state: Mapping[str, Tensor]) -> NestNet:
+        """A dense eval-mode model of descendant ``level`` whose tensors are ``state``'s."""
+        return _instantiate(self.skeleton(level), state)
 
 
 @dataclass(frozen=True)
@@ -701,6 +705,8 @@ class NestedModel:
         self._reader = reader
         self._lock = threading.Lock()
         level = reader.check_level(level)
+        for k in range(reader.manifest.num_descendants):
+            reader.skeleton(k)  # built now, so that no switch pays for a model build
         self._resident = self._build(level, reader.state(level))
 
     @classmethod
