@@ -24,6 +24,14 @@ METHODS: tuple[Method, ...] = ("exact", "greedy")
 _INPUT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def check_share_step(step: float) -> float:
+    """A share step must divide 1 (0.01, 0.05, 0.125, ...)."""
+    units = round(1.0 / step)
+    if abs(units * step - 1.0) > 1e-9:
+        raise ValueError(f"{step} does not divide 1 (1/{step} = {1.0 / step:.6g})")
+    return step
+
+
 class Descendant(BaseModel):
     """One descendant of an app's multi-capacity model, as profiled on this device."""
 
@@ -97,13 +105,7 @@ class Problem(BaseModel):
         default=0.01, gt=0.0, le=1.0, description="Shares are positive multiples of this."
     )
 
-    @field_validator("share_step")
-    @classmethod
-    def _step_divides_one(cls, step: float) -> float:
-        units = round(1.0 / step)
-        if abs(units * step - 1.0) > 1e-9:
-            raise ValueError(f"{step} does not divide 1 (1/{step} = {1.0 / step:.6g})")
-        return step
+    _step_divides_one = field_validator("share_step")(check_share_step)
 
     @field_validator("apps")
     @classmethod

@@ -1,0 +1,233 @@
+"""Trace simulator: hand-computed traces, swapping, admission, random traces, plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nestdnn.errors import NestError
+from scheduler import App, Descendant
+from scheduler.report import plot_simulation, simulation_table
+from scheduler.simulate import (
+    AppStart,
+    AppStop,
+    BudgetChange,
+    PriorityChange,
+    SwapModel,
+    Trace,
+    load_trace,
+    random_trace,
+    simulate,
+)
+from scheduler.synthetic import synthetic_pool
+
+
+def single(name: str, latency: float, target: float, memory: int = 1000, acc: float = 0.8) -> App:
+    return App(
+        name=name,
+        target_latency_s=target,
+        descendants=[Descendant(accuracy=acc, memory_bytes=memory, latency_s=latency)],
+    )
+
+
+def test_one_app_started_and_stopped() -> None:
+    app = single("a", latency=0.01, target=0.05)
+    trace = Trace(
+        duration_s=10.0,
+        memory_budget_bytes=10_000,
+        events=[AppStart(time_s=2.0, app=app, fps=30.0), AppStop(time_s=6.0, name="a")],
+    )
+    result = simulate(trace, "min-total-cost", swap=SwapModel(bandwidth_bytes_per_s=1e6))
+    (stats,) = result.apps
+    assert (stats.start_s, stats.stop_s, stats.run_s) == (2.0, 6.0, 4.0)
+    assert stats.accuracy == pytest.approx(0.8)
+    assert stats.fps == pytest.approx(30.0)  # 1.0 / 0.01 = 100 fps, capped at the input rate
+    assert stats.frames_in == pytest.approx(120.0) and stats.frames_done == pytest.approx(120.0)
+    assert stats.frames_late == 0 and stats.frames_dropped == pytest.approx(0.0)
+    assert (stats.load_bytes, stats.switches) == (1000, 0)
+    # busy: 30 frames/s * 10 ms for 4 s; 1000 bytes loaded at 1 MB/s
+    assert result.summary.busy_fraction == pytest.approx(30 * 0.01 * 4 / 10)
+    assert result.summary.load_s == pytest.approx(1e-3)
+    assert [(s.start_s, s.end_s, len(s.apps)) for s in result.timeline] == [
+        (0.0, 2.0, 0),
+        (2.0, 6.0, 1),
+        (6.0, 10.0, 0),
+    ]
+
+
+def test_two_apps_share_the_processor() -> None:
+    a = single("a", latency=0.02, target=0.02)
+    b = single("b", latency=0.02, target=0.02)
+    trace = Trace(
+        duration_s=10.0,
+        memory_budget_bytes=10_000,
+        events=[
+            AppStart(time_s=0.0, app=a),
+            AppStart(time_s=4.0, app=b),
+            AppStop(time_s=8.0, name="b"),
+        ],
+    )
+    result = simulate(trace, "min-total-cost", swap=SwapModel(bandwidth_bytes_per_s=1e12))
+    first, second = result.apps
+    # a: 30 fps alone (50 possible); with b each has 0.5 -> 25 fps, 40 ms per frame: late
+    assert first.frames_done == pytest.approx(4 * 30 + 4 * 25 + 2 * 30)
+    assert first.frames_late == pytest.approx(4 * 25)
+    assert first.frames_dropped == pytest.approx(4 * 5)
+    assert first.fps == pytest.approx(28.0)
+    assert second.frames_done == pytest.approx(100.0) and second.late_fraction == 1.0
+    assert second.drop_fraction == pytest.approx(5 / 30)
+    # busy: 0.6 alone, 0.5 + 0.5 together
+    assert result.summary.busy_fraction == pytest.approx((4 * 0.6 + 4 * 1.0 + 2 * 0.6) / 10)
+    assert result.summary.fps == pytest.approx((280 + 100) / 14)
+
+
+def test_baseline_swapping_costs_compute() -> None:
+    a = single("a", latency=0.02, target=0.04, memory=600)
+    b = single("b", latency=0.02, target=0.04, memory=600)
+    trace = Trace(
+        duration_s=1.0,
+        memory_budget_bytes=1000,
+        events=[AppStart(time_s=0.0, app=a), AppStart(time_s=0.0, app=b)],
+    )
+    swap = SwapModel(bandwidth_bytes_per_s=1e6, period_s=1e-3)
+    result = simulate(trace, "baseline", swap=swap)
+    # 200 bytes over the budget re-read every 1 ms round at 1 MB/s: 20% of the processor
+    for stats in result.apps:
+        assert stats.fps == pytest.approx(0.4 / 0.02)  # share 0.5 * (1 - 0.2)
+        assert stats.late_fraction == 1.0  # 0.02 / 0.4 = 50 ms > 40 ms
+    assert result.summary.swapping_s == 1.0
+    assert result.summary.busy_fraction == pytest.approx(0.2 + 2 * 0.4)
+    assert result.summary.load_s == pytest.approx(1200 / 1e6)
+
+
+def test_apps_that_do_not_fit_wait() -> None:
+    small = single("small", latency=0.01, target=0.05, memory=600)
+    big = single("big", latency=0.01, target=0.05, memory=900)
+    trace = Trace(
+        duration_s=10.0,
+        memory_budget_bytes=1000,
+        events=[
+            AppStart(time_s=0.0, app=small),
+            AppStart(time_s=1.0, app=big),
+            AppStop(time_s=5.0, name="small"),
+            BudgetChange(time_s=8.0, memory_budget_bytes=500),
+        ],
+    )
+    for policy in ("min-total-cost", "min-max-cost"):
+        result = simulate(trace, policy)
+        first, second = result.apps
+        assert first.paused_s == 0.0
+        assert second.paused_s == pytest.approx(4.0 + 2.0)  # until small stops; after budget cut
+        assert second.load_bytes == 900
+        for segment in result.timeline:
+            assert segment.memory_used_bytes <= segment.memory_budget_bytes
+    result = simulate(trace, "baseline")  # swaps while both run; big alone exceeds 500 bytes
+    assert [a.paused_s for a in result.apps] == [0.0, pytest.approx(2.0)]
+    assert result.summary.swapping_s == pytest.approx(4.0)
+
+
+def test_switches_count_nested_upgrade_bytes() -> None:
+    app = App(
+        name="a",
+        target_latency_s=0.1,
+        descendants=[
+            Descendant(accuracy=0.7, memory_bytes=1000, latency_s=0.01),
+            Descendant(accuracy=0.9, memory_bytes=3000, latency_s=0.02),
+        ],
+    )
+    trace = Trace(
+        duration_s=3.0,
+        memory_budget_bytes=2000,
+        events=[
+            AppStart(time_s=0.0, app=app),
+            BudgetChange(time_s=1.0, memory_budget_bytes=4000),
+            BudgetChange(time_s=2.0, memory_budget_bytes=2000),
+        ],
+    )
+    (stats,) = simulate(trace, "min-total-cost").apps
+    assert (stats.switches, stats.switch_bytes, stats.load_bytes) == (2, 2000, 1000)
+    assert stats.accuracy == pytest.approx((0.7 + 0.9 + 0.7) / 3)
+
+
+def test_priority_change_is_applied() -> None:
+    a = single("a", latency=0.02, target=0.02)
+    b = single("b", latency=0.02, target=0.02)
+    trace = Trace(
+        duration_s=2.0,
+        memory_budget_bytes=10_000,
+        events=[
+            AppStart(time_s=0.0, app=a),
+            AppStart(time_s=0.0, app=b),
+            PriorityChange(time_s=1.0, name="b", priority=4.0),
+        ],
+    )
+    result = simulate(trace, "min-total-cost")
+    shares = [{p.name: p.share for p in s.apps} for s in result.timeline]
+    assert shares[0]["a"] == shares[0]["b"] == 0.5
+    assert shares[1]["b"] > shares[1]["a"]
+
+
+@pytest.mark.parametrize(
+    ("events", "message"),
+    [
+        ([{"kind": "stop", "time_s": 1.0, "name": "x"}], "events.0: app 'x' is not running"),
+        (
+            [
+                {"kind": "budget", "time_s": 2.0, "memory_budget_bytes": 1},
+                {"kind": "budget", "time_s": 1.0, "memory_budget_bytes": 1},
+            ],
+            "events.1: time_s 1.0 is before",
+        ),
+        ([{"kind": "budget", "time_s": 99.0, "memory_budget_bytes": 1}], "after duration_s"),
+        ([{"kind": "dance", "time_s": 1.0}], "events.0"),
+    ],
+)
+def test_bad_traces_are_rejected(tmp_path: Path, events: list, message: str) -> None:
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"duration_s": 10.0, "memory_budget_bytes": 1, "events": events}))
+    with pytest.raises(NestError, match=message):
+        load_trace(path)
+
+
+def test_random_trace_is_reproducible_and_valid() -> None:
+    pool = synthetic_pool()
+    kwargs = dict(
+        seed=3,
+        duration_s=900.0,
+        memory_budget_bytes=30_000_000,
+        max_apps=3,
+        priority_change_rate_per_s=0.01,
+    )
+    trace = random_trace(pool, **kwargs)
+    assert trace == random_trace(pool, **kwargs)
+    assert trace != random_trace(pool, **{**kwargs, "seed": 4})
+    times = [e.time_s for e in trace.events]
+    assert times == sorted(times) and len(times) > 10
+    running: set[str] = set()
+    for event in trace.events:
+        if isinstance(event, AppStart):
+            running.add(event.app.name)
+            assert len(running) <= 3
+        elif isinstance(event, AppStop):
+            running.remove(event.name)
+    assert any(isinstance(e, PriorityChange) for e in trace.events)
+
+
+@pytest.mark.parametrize("policy", ["min-total-cost", "min-max-cost", "baseline"])
+def test_random_trace_figures_are_sane(policy: str, tmp_path: Path) -> None:
+    trace = random_trace(synthetic_pool(), seed=1, duration_s=600.0, memory_budget_bytes=20_000_000)
+    result = simulate(trace, policy, "greedy" if policy == "min-max-cost" else "exact")
+    summary = result.summary
+    assert 0.0 < summary.busy_fraction <= 1.0 + 1e-9
+    assert 0.0 <= summary.fps <= 30.0 + 1e-9
+    assert summary.accuracy is not None and 0.0 < summary.accuracy <= 1.0
+    for segment in result.timeline:
+        assert sum(p.share for p in segment.apps) <= 1.0 + 1e-9
+        if policy != "baseline":
+            assert segment.memory_used_bytes <= segment.memory_budget_bytes
+    table = simulation_table(result)
+    assert table.splitlines()[-1].startswith("overall:")
+    plot_simulation(result, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
