@@ -90,8 +90,11 @@ def _problem_app(app: PlannedApp, backend: Backend, allowed: list[int]) -> App:
 
 
 def _reindexed(solution: Solution, index: Mapping[str, Mapping[int, int]]) -> Solution:
-    """The solution with each app's descendant mapped through ``index[app]`` (apps not in
-    ``index``, or descendants it does not map, are left out)."""
+    """The solution with each app's descendant mapped through ``index[app]``.
+
+    Apps not in ``index`` (gone since) stay as they are: the re-solve must see that the set
+    of apps changed, exactly as the simulator's re-solve does.
+    """
     apps = [a.model_copy(update={"descendant": index[a.name][a.descendant]})
-            for a in solution.apps if a.descendant in index.get(a.name, {})]
+            if a.name in index else a for a in solution.apps]
     return solution.model_copy(update={"apps": apps})

@@ -32,7 +32,9 @@ from scheduler.catalogue import CatalogueEntry, ModelCatalogue
 from scheduler.errors import FrameDropped, Infeasible, QueueFull, UnknownApp, UnknownModel
 from scheduler.executor import Executor
 from scheduler.manager import ModelManager, Target
+from scheduler.problem import App
 from scheduler.runtime import AppSpec, Prediction, Runtime, RuntimeSettings, Snapshot
+from scheduler.simulate import AppStart, AppStop, Trace, simulate
 from scheduler.state import RuntimeState
 from scheduler.synthetic_models import synthetic_models_dir
 
@@ -559,6 +561,39 @@ def test_the_baseline_is_refused_when_one_model_alone_exceeds_the_budget(
         rt.register(AppSpec(model="cam", target_latency_s=10.0))
     assert refused.value.bytes_missing == 100
     assert rt.snapshot().apps == []
+
+
+def test_the_runtime_makes_the_simulators_decisions_on_the_same_trace(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime]
+) -> None:
+    """Same apps, same events, same switch-aware re-solve: the applied plans (descendants
+    and shares) equal the simulator's after every event, for NestDNN and the baseline."""
+    tables = {m: catalogue.entries[m].descendants("torch") for m in MODELS}
+    models = {"a": "cam", "b": "mic", "c": "cam", "d": "mic"}
+    steps = [("start", "a"), ("start", "b"), ("start", "c"), ("stop", "a"), ("start", "d"),
+             ("stop", "b")]
+    events: list[AppStart | AppStop] = [
+        AppStart(time_s=float(t), fps=30.0, app=App(
+            name=name, target_latency_s=1 / 30, priority=2.0 if name == "c" else 1.0,
+            descendants=tables[models[name]]))
+        if action == "start" else AppStop(time_s=float(t), name=name)
+        for t, (action, name) in enumerate(steps)]
+    budget = sizes(catalogue, "mic")[2] + sizes(catalogue, "cam")[0]  # the baseline swaps
+    trace = Trace(duration_s=len(steps), memory_budget_bytes=budget, events=events)
+    for policy in ("min-total-cost", "baseline"):
+        simulated = [{a.name: (a.descendant, a.share) for a in seg.apps}
+                     for seg in simulate(trace, policy).timeline]
+        rt = make_runtime(budget, policy=policy)
+        ids: dict[str, str] = {}
+        live = []
+        for action, name in steps:
+            if action == "start":
+                ids[name] = rt.register(AppSpec(model=models[name], fps=30.0, name=name,
+                                                priority=2.0 if name == "c" else 1.0)).id
+            else:
+                rt.unregister(ids.pop(name))
+            live.append({a.name: (a.descendant, a.share) for a in rt.snapshot().apps})
+        assert live == simulated, policy
 
 
 # ----------------------------------------------------------------- memory budget property
