@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="profile a tiny synthetic .nest")
     parser.add_argument("--dataset", help="data set (default: the manifest's)")
     parser.add_argument("--data-dir")
-    parser.add_argument("--backends", type=parse_backends, default=BACKENDS)
+    parser.add_argument("--backends", type=parse_backends, default=",".join(BACKENDS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=50)

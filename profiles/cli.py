@@ -30,7 +30,7 @@ def configure_profile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backends",
         type=parse_backends,
-        default=BACKENDS,
+        default=",".join(BACKENDS),
         help=f"comma-separated, from: {', '.join(BACKENDS)}",
     )
     parser.add_argument("--threads", type=int, default=1, help="inference threads, every backend")
