@@ -51,10 +51,11 @@ COMMANDS = (
     Command("train", "train a vanilla model on a data set", "nestdnn.cli"),
     Command("prune", "TRR filter pruning: seed model and roadmap", "pruning.cli"),
     Command("recover", "freeze-&-grow: build the multi-capacity model", "recovery.cli"),
-    Command("inspect", "show what a checkpoint holds", "nestdnn.cli"),
+    Command("inspect", "show what a .nest file or a checkpoint holds", "nestdnn.cli"),
     Command("profile", "profile every descendant: accuracy, memory, MACs, latency", "profiles.cli"),
-    Command("export", "export descendants to TFLite", "profiles.cli"),
+    Command("export", "export descendants to TFLite, ONNX or checkpoints", "nestdnn.nest_cli"),
     Command("schedule", "solve a schedule for a set of apps", "scheduler.cli"),
+    Command("trace", "write a random app trace to simulate", "scheduler.cli"),
     Command("simulate", "replay an app trace through the scheduler", "scheduler.cli"),
     Command("serve", "run the scheduler daemon and its REST API", "api.cli"),
     Command("demo", "run the whole pipeline end to end", "nestdnn.demo"),
@@ -364,15 +365,21 @@ def write_json(path: Path, data: Any) -> None:
 
 def configure_inspect(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Show a checkpoint's model config, size and metadata (loaded with weights_only=True)."
+        "Show what a model file holds. A .nest file: its descendants (widths, params, bytes,"
+        " MACs, validation accuracy) and its size against independent models. A checkpoint"
+        " (e.g. vanilla.pt, loaded with weights_only=True): model config, size and metadata."
     )
-    parser.add_argument("path", type=Path, help="a checkpoint written by nestdnn (e.g. vanilla.pt)")
+    parser.add_argument("path", type=Path, help="a .nest file or a nestdnn checkpoint (.pt)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def run_inspect(args: argparse.Namespace) -> int:
     from nestdnn.checkpoint import load_checkpoint
 
+    if args.path.suffix == ".nest":
+        from nestdnn.nest_cli import run_inspect as inspect_nest_file
+
+        return inspect_nest_file(args)
     model, meta = load_checkpoint(args.path)
     info = {
         **model.config.to_dict(),

@@ -21,6 +21,7 @@ SUBCOMMANDS = [
     "profile",
     "export",
     "schedule",
+    "trace",
     "simulate",
     "serve",
     "demo",
@@ -54,13 +55,15 @@ def tiny_train_args(out: Path, *extra: str) -> list[str]:
     ]
 
 
-def assert_one_line_error(capsys: pytest.CaptureFixture[str], code: int, message: str) -> None:
+def error_of(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run `nestdnn argv`, check it failed with exit 2 and one error line, return that line."""
+    code = cli.main(argv)
     err = capsys.readouterr().err
     assert code == 2
     errors = [line for line in err.splitlines() if line.startswith("nestdnn: error: ")]
     assert len(errors) == 1, err
-    assert message in errors[0]
     assert "Traceback" not in err
+    return errors[0]
 
 
 def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,7 +89,7 @@ def test_missing_stage_module_is_not_implemented_yet(
     monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, ghost))
     assert cli.main(["ghost", "--help"]) == 0
     assert "Not implemented yet." in capsys.readouterr().out
-    assert_one_line_error(capsys, cli.main(["ghost", "--some-option"]), "not implemented yet")
+    assert "not implemented yet" in error_of(capsys, ["ghost", "--some-option"])
 
 
 def test_missing_dependency_inside_a_stage_is_not_hidden(
@@ -163,7 +166,7 @@ def test_inspect_shows_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_bad_train_input_is_a_one_line_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
-    assert_one_line_error(capsys, cli.main(tiny_train_args(tmp_path, *extra)), message)
+    assert message in error_of(capsys, tiny_train_args(tmp_path, *extra))
 
 
 def test_missing_data_path_is_a_one_line_error(
@@ -171,7 +174,7 @@ def test_missing_data_path_is_a_one_line_error(
 ) -> None:
     args = ["-q", "train", "--arch", "vgg16", "--dataset", "fashion-mnist"]
     args += ["--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "run")]
-    assert_one_line_error(capsys, cli.main(args), "data directory does not exist")
+    assert "data directory does not exist" in error_of(capsys, args)
 
 
 def test_corrupt_checkpoint_is_a_one_line_error(
@@ -179,7 +182,17 @@ def test_corrupt_checkpoint_is_a_one_line_error(
 ) -> None:
     bad = tmp_path / "vanilla.pt"
     bad.write_bytes(b"PK\x03\x04 this is not really a zip archive")
-    assert_one_line_error(capsys, cli.main(["inspect", str(bad)]), "not a readable checkpoint")
+    assert "not a readable checkpoint" in error_of(capsys, ["inspect", str(bad)])
+
+
+def test_inspect_hands_nest_files_to_the_nest_reader(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "model.nest"
+    bad.write_bytes(b"not safetensors")
+    error = error_of(capsys, ["inspect", str(bad)])
+    assert str(bad) in error
+    assert "checkpoint" not in error
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
