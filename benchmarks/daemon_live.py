@@ -30,6 +30,7 @@ assigned accuracies, measured latencies; clearly not a result about real models)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -207,8 +208,9 @@ def run_live(catalogue: ModelCatalogue, settings: RuntimeSettings, workload: Wor
             records[name] = AppRecord(name, model, started=at)
             senders[name] = Sender(runtime, ids[name], frames[model], event.fps)
             senders[name].start()
-        for name in [event.name] if isinstance(event, AppStop) else [] if event else list(ids):
-            _finish_app(runtime, ids.pop(name), senders.pop(name), records[name], at)
+        leaving = [event.name] if isinstance(event, AppStop) else [] if event else list(ids)
+        _finish_apps(runtime, {name: (ids.pop(name), senders.pop(name), records[name])
+                               for name in leaving}, at)
         accuracy_now = {a.name: a.accuracy for a in runtime.snapshot().apps}
     cpu = time.process_time() - cpu0
     runtime.stop()
@@ -229,23 +231,27 @@ def run_live(catalogue: ModelCatalogue, settings: RuntimeSettings, workload: Wor
     )
 
 
-def _finish_app(runtime: Runtime, app_id: str, sender: Sender, record: AppRecord,
-                now: float) -> None:
-    """Stop an app's sender, wait for its frames, read its counters, unregister it."""
-    sender.halt.set()
-    sender.join()
-    for future in sender.futures:
-        try:
-            future.result(timeout=120)
-        except FrameDropped:
-            continue
-    status = next(a for a in runtime.snapshot().apps if a.id == app_id)
-    record.stopped = now
-    record.switches, record.loads, record.busy_s = status.switches, status.loads, status.busy_s
-    with sender.lock:
-        record.outcomes = dict(sender.outcomes)
-        record.descendants = dict(sender.descendants)
-    runtime.unregister(app_id)
+def _finish_apps(runtime: Runtime, leaving: dict[str, tuple[str, Sender, AppRecord]],
+                 now: float) -> None:
+    """Stop the leaving apps' senders, wait for their frames, read their counters (before
+    any of them unregisters and re-plans the others), then unregister them."""
+    for _, sender, _ in leaving.values():
+        sender.halt.set()
+        sender.join()
+        for future in sender.futures:
+            with contextlib.suppress(FrameDropped):
+                future.result(timeout=120)
+    statuses = {a.id: a for a in runtime.snapshot().apps}
+    for app_id, sender, record in leaving.values():
+        status = statuses[app_id]
+        record.stopped = now
+        record.switches, record.loads, record.busy_s = (status.switches, status.loads,
+                                                        status.busy_s)
+        with sender.lock:
+            record.outcomes = dict(sender.outcomes)
+            record.descendants = dict(sender.descendants)
+    for app_id, _, _ in leaving.values():
+        runtime.unregister(app_id)
 
 
 def load_bandwidth(catalogue: ModelCatalogue, repeats: int = 3) -> float:
