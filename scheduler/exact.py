@@ -22,8 +22,8 @@ Plan = tuple[tuple[int, int], ...]
 
 _PRUNE_RTOL = 1e-9
 _BEAM = 8
-_LAMBDA_GRID = 16
-_LAMBDA_FINE = 8
+_LAMBDA_GRID = 12
+_LAMBDA_FINE = 6
 _LAMBDAS = 4
 _PROBES = 32
 
@@ -90,27 +90,36 @@ class Bounds:
     lams: np.ndarray
     value: np.ndarray
     scale: float
+    relaxed_bytes: np.ndarray
+    """[l]: bytes used by a plan attaining value[l, 0, U] (a subgradient of the dual)."""
 
     @classmethod
     def of(cls, options: list[Options], units: int, budget: int, lams: np.ndarray) -> Bounds:
         """Backward DP over apps for every multiplier at once: O(L * n * |options| * U)."""
         scale = float(max(budget, 1))
         r = np.arange(units + 1)
+        lanes = np.arange(len(lams))[:, None]
         later = np.zeros((len(lams), units + 1))
+        later_bytes = np.zeros((len(lams), units + 1), dtype=np.int64)
         value = [later]
         for opts in reversed(options):
+            before = r[None, :] - opts.units[:, None]
             padded = np.concatenate([np.full((len(lams), units), np.inf), later], axis=1)
-            shifted = padded[:, units + r[None, :] - opts.units[:, None]]
             priced = opts.cost[None, :] + lams[:, None] * (opts.memory[None, :] / scale)
-            later = np.min(priced[:, :, None] + shifted, axis=1, initial=np.inf)
+            total = priced[:, :, None] + padded[:, units + before]
+            best = np.argmin(total, axis=1)
+            later = np.take_along_axis(total, best[:, None, :], axis=1)[:, 0, :]
+            rest = before[best, r[None, :]].clip(0)
+            later_bytes = opts.memory[best] + later_bytes[lanes, rest]
             value.append(later)
-        return cls(lams=lams, value=np.stack(value[::-1], axis=1), scale=scale)
+        return cls(lams, np.stack(value[::-1], axis=1), scale, later_bytes[:, units])
 
     def rest(self, k: int, units_left: np.ndarray, bytes_left: np.ndarray) -> np.ndarray:
-        """Lower bound on the cost of apps k.. given the units and bytes left."""
-        value = self.value[:, k, :][:, units_left.clip(0)]
-        shape = (-1,) + (1,) * units_left.ndim
-        return np.max(value - self.lams.reshape(shape) * (bytes_left / self.scale), axis=0)
+        """Lower bound on the cost of apps k.. given the units and bytes left (>= 0)."""
+        value = self.value[:, k, units_left]
+        if len(self.lams) == 1 and self.lams[0] == 0:
+            return value[0]
+        return np.max(value - self.lams[:, None] * (bytes_left / self.scale), axis=0)
 
     def root(self, units: int) -> np.ndarray:
         """The bound of the whole problem for each multiplier."""
@@ -129,37 +138,40 @@ def _multipliers(options: list[Options], units: int, budget: int) -> np.ndarray:
     return np.concatenate([[0.0], np.sort(top)])
 
 
-def _pareto_3d(s: np.ndarray, m: np.ndarray, c: np.ndarray, tie: np.ndarray) -> np.ndarray:
+def _pareto_3d(s: np.ndarray, m: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Indices of the points not dominated in (units s, memory m, cost c), all minimised.
 
-    A point is dominated by another with s' <= s, m' <= m, c' <= c; exact duplicates keep the
-    smallest `tie`. Returned in (s, m, c, tie) order. The least cost per (s, m) cell goes on a
-    dense grid over the distinct s and m values, whose 2-D prefix minimum tells for each point
-    the least cost with fewer units or fewer bytes: O(P log P + S * Q) for P points over S
-    distinct unit counts and Q distinct byte counts.
+    A point is dominated by another with s' <= s, m' <= m, c' <= c; of exact duplicates the
+    first one stays. The least cost per (s, m) cell goes on a dense grid over the distinct s
+    and m values, whose 2-D prefix minimum gives each point the least cost with fewer units
+    or fewer bytes: O(P log P + S * Q) for P points, S distinct unit counts and Q distinct
+    byte counts. Returned in ascending index order.
     """
-    order = np.lexsort((tie, c, m, s))
+    order = np.lexsort((c, m, s))
     s, m, c = s[order], m[order], c[order]
-    first = np.ones(len(s), dtype=bool)
-    first[1:] = (s[1:] != s[:-1]) | (m[1:] != m[:-1])
-    s_values, si = np.unique(s, return_inverse=True)
+    new_s = np.empty(len(s), dtype=bool)
+    new_s[0] = True
+    new_s[1:] = s[1:] != s[:-1]
+    first = new_s.copy()
+    first[1:] |= m[1:] != m[:-1]
+    si = np.cumsum(new_s) - 1
     m_values, mi = np.unique(m, return_inverse=True)
-    grid = np.full((len(s_values) + 1, len(m_values) + 1), np.inf)
+    grid = np.full((int(si[-1]) + 2, len(m_values) + 1), np.inf)
     grid[si[first] + 1, mi[first] + 1] = c[first]
     np.minimum.accumulate(grid, axis=0, out=grid)
     np.minimum.accumulate(grid, axis=1, out=grid)
     better = np.minimum(grid[si, mi + 1], grid[si + 1, mi])
-    return order[first & (better > c)]
+    return np.sort(order[first & (better > c)])
 
 
 @dataclass
 class _Layer:
-    """Surviving partial plans after some apps: parents and options for backtracking."""
+    """Surviving partial plans after some apps, in lexicographic order of their choices
+    (the tie rule), with parents and options for backtracking."""
 
     units: np.ndarray
     memory: np.ndarray
     cost: np.ndarray
-    rank: np.ndarray
     parent: np.ndarray
     option: np.ndarray
 
@@ -167,7 +179,7 @@ class _Layer:
     def root(cls) -> _Layer:
         """The empty plan before the first app."""
         zero = np.zeros(1, dtype=np.int64)
-        return cls(zero, zero, np.zeros(1), zero, zero, zero)
+        return cls(zero, zero, np.zeros(1), zero, zero)
 
 
 def min_total_plan(tables: Tables, options: list[Options]) -> Plan | None:
@@ -193,7 +205,7 @@ def min_total_plan(tables: Tables, options: list[Options]) -> Plan | None:
     if not truncated:
         return None if incumbent is None else _plan_of(options, incumbent)
     upper = np.inf if incumbent is None else _total(options, incumbent)
-    if bound.root(units)[0] < upper:
+    if bound.relaxed_bytes[0] > budget:  # memory binds: Lagrangian bounds are stronger
         bound = Bounds.of(options, units, budget, _multipliers(options, units, budget))
         guided, _ = _pareto_dp(tables, options, bound, upper, beam=_BEAM)
         if guided is not None and _total(options, guided) < upper:
@@ -231,7 +243,7 @@ def _pareto_dp(
     Returns the option index per app of the best plan found (None if none fits) and whether
     the beam dropped any non-dominated partial plan (if not, the plan is optimal).
     """
-    _n, units, budget = tables.n_apps, tables.units, tables.budget
+    units, budget = tables.units, tables.budget
     min_memory_after = _suffix_sums([int(o.memory.min()) for o in options])
     min_units_after = _suffix_sums([int(o.units.min()) for o in options])
     slack = _PRUNE_RTOL * max(1.0, abs(upper)) if np.isfinite(upper) else 0.0
@@ -241,25 +253,21 @@ def _pareto_dp(
     for k, opts in enumerate(options):
         s = layer.units[:, None] + opts.units[None, :]
         m = layer.memory[:, None] + opts.memory[None, :]
-        c = layer.cost[:, None] + opts.cost[None, :]
-        ok = (s <= units - min_units_after[k + 1]) & (m <= budget - min_memory_after[k + 1])
+        fits = (s <= units - min_units_after[k + 1]) & (m <= budget - min_memory_after[k + 1])
+        parent, option = np.nonzero(fits)  # row-major: lexicographic order of the plans
+        s, m = s[parent, option], m[parent, option]
+        c = layer.cost[parent] + opts.cost[option]
         rest = bound.rest(k + 1, units - s, budget - m)
-        ok &= c + rest <= upper + slack
-        parent, option = np.nonzero(ok)
-        if len(parent) == 0:
+        promising = np.flatnonzero(c + rest <= upper + slack)
+        if len(promising) == 0:
             return None, truncated
-        tie = layer.rank[parent] * len(opts) + option
-        keep = _pareto_3d(s[ok], m[ok], c[ok], tie)
+        keep = promising[_pareto_3d(s[promising], m[promising], c[promising])]
         if beam is not None and len(keep) > beam:
             truncated = True
-            promise = (c[ok] + rest[ok])[keep]
-            keep = keep[np.lexsort((tie[keep], promise))[:beam]]
-        parent, option = parent[keep], option[keep]
-        rank = np.empty(len(keep), dtype=np.int64)
-        rank[np.argsort(tie[keep], kind="stable")] = np.arange(len(keep))
-        layer = _Layer(s[ok][keep], m[ok][keep], c[ok][keep], rank, parent, option)
+            keep = np.sort(keep[np.argsort((c + rest)[keep], kind="stable")[:beam]])
+        layer = _Layer(s[keep], m[keep], c[keep], parent[keep], option[keep])
         layers.append(layer)
-    best = np.lexsort((layer.rank, layer.units, layer.memory, layer.cost))[0]
+    best = np.lexsort((layer.units, layer.memory, layer.cost))[0]
     return _backtrack(layers, int(best)), truncated
 
 
@@ -285,15 +293,17 @@ def min_max_level(tables: Tables) -> float | None:
     levels = levels[np.isfinite(levels)]
     floor = max(float(t.min()) for t in tables.cost)
     lo, hi = int(np.searchsorted(levels, floor)), len(levels) - 1
-    if not _fits_at(tables, levels[hi : hi + 1])[0]:
-        return None
-    while lo < hi:
+    verified = False  # is levels[hi] known to fit?
+    while lo < hi or not verified:
         probes = np.unique(np.linspace(lo, hi, min(_PROBES, hi - lo + 1)).astype(np.int64))
         fits = _fits_at(tables, levels[probes])
+        if not fits[-1]:
+            return None  # only possible in the first round, where probes[-1] is the top level
+        verified = True
         first = int(np.argmax(fits))
         hi = int(probes[first])
         lo = int(probes[first - 1]) + 1 if first > 0 else lo
-    return float(levels[lo])
+    return float(levels[hi])
 
 
 def _fits_at(tables: Tables, levels: np.ndarray) -> np.ndarray:

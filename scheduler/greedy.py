@@ -6,13 +6,15 @@ both keep both budgets at every step, so they are feasible whenever exact is (th
 smallest descendants, >= 1 unit each -- is feasible whenever any plan is).
 
 MinTotalCost moves: (a) share units move one at a time from the app (or free pool) that
-loses least to the app that gains most, while that lowers the total -- for a fixed set of
+loses least to the app that gains most, while that lowers the total -- for fixed
 descendants this reaches the best split, the cost being convex in the units, and it is
 computed directly as "each app's base units plus the U - sum(base) largest marginal gains";
-(b) one app switches descendant (upgrade or downgrade) if that, followed by (a), lowers the
-total; the switch with the largest cost reduction per byte of extra memory (as a fraction of
-M_max) goes first, switches that free memory rank first. Ties: larger reduction, then lower
-app index, then lower descendant index. Per move O(n * D * U + n * U log(n * U)).
+(b) one app switches descendant (upgrade or downgrade), followed by (a); (c) when no single
+switch helps, two apps switch together (e.g. one up, one down), followed by (a). Among
+switches the one with the largest cost reduction per resource taken goes first, the
+resource being extra bytes / M_max + extra units / U (units after the re-split); switches
+taking neither rank first. Ties: larger reduction, then lower app and descendant indices.
+A sweep costs O(n * D * U) for (b) and O(n^2 * D^2 * U) for (c).
 
 MinMaxCost moves: the worst app (ties: lowest index) switches descendant and/or takes t
 units -- from the pool first, then the other apps' cheapest units -- as long as every other
@@ -43,36 +45,48 @@ def greedy_min_total(tables: Tables, start: list[int], cap: float = np.inf) -> P
     pairs = np.array(list(itertools.combinations(rows, 2)), dtype=np.int64).reshape(-1, 2)
     while True:
         now = memory[rows, desc]
-        after = split.cost_after_switch(desc)
-        current = float(after[0, desc[0]])
-        move = _best(current - after, memory - now[:, None], int(now.sum()), tables.budget)
+        after, units = split.cost_after_switch(desc)
+        current, held = float(after[0, desc[0]]), units[rows, desc]
+        extra = (memory - now[:, None], units - held[:, None])
+        move = _best(current - after, extra, int(now.sum()), tables)
         if move is not None:
             i, d = move
             desc[i] = d
             continue
         i, j = pairs[:, 0], pairs[:, 1]
-        extra = memory[i][:, :, None] + memory[j][:, None, :] - (now[i] + now[j])[:, None, None]
-        gain = current - split.cost_after_pairs(desc, pairs)
-        move = _best(gain, extra, int(now.sum()), tables.budget)
+        after, units = split.cost_after_pairs(desc, pairs)
+        extra = (
+            memory[i][:, :, None] + memory[j][:, None, :] - (now[i] + now[j])[:, None, None],
+            units - (held[i] + held[j])[:, None, None],
+        )
+        move = _best(current - after, extra, int(now.sum()), tables)
         if move is None:
             return split.plan(desc)
         p, a, b = move
         desc[pairs[p, 0]], desc[pairs[p, 1]] = a, b
 
 
-def _best(gain: np.ndarray, extra: np.ndarray, used: int, budget: int) -> tuple[int, ...] | None:
-    """Index of the best move: the largest gain per extra byte (as a fraction of the budget).
+def _best(
+    gain: np.ndarray, extra: tuple[np.ndarray, np.ndarray], used: int, tables: Tables
+) -> tuple[int, ...] | None:
+    """Index of the best move: the largest gain per resource it takes.
 
-    Moves that need no extra bytes rank first; ties go to the larger gain, then the lowest
-    index. None when no move fits the budget and lowers the cost.
+    The resource is the extra bytes as a fraction of the budget plus the extra units (after
+    the re-split) as a fraction of the processor; moves taking neither rank first. Ties go
+    to the larger gain, then the lowest index. None when no move fits the budget and lowers
+    the cost.
     """
+    extra_bytes, extra_units = extra
     finite = gain[np.isfinite(gain)]
     scale = max(1.0, float(np.abs(finite).max())) if len(finite) else 1.0
-    ok = (used + extra <= budget) & (gain > _GAIN_EPS * scale)
+    ok = (used + extra_bytes <= tables.budget) & (gain > _GAIN_EPS * scale)
     if not ok.any():
         return None
+    resource = np.maximum(extra_bytes, 0) / max(tables.budget, 1) + (
+        np.maximum(extra_units, 0) / tables.units
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
-        score = np.where(extra > 0, gain / (extra / max(budget, 1)), np.inf)
+        score = np.where(resource > 0, gain / resource, np.inf)
     score = np.where(ok, score, -np.inf)
     best = int(np.lexsort((np.arange(gain.size), -gain.ravel(), -score.ravel()))[0])
     return tuple(int(x) for x in np.unravel_index(best, gain.shape))
@@ -124,7 +138,9 @@ class _Splitter:
         flat, owner = gains.ravel(), np.repeat(np.arange(n), self.length)
         order = np.lexsort((owner, -flat))[: self.units + excluded.shape[1] * self.length]
         flat, owner = flat[order], owner[order]
-        keep = np.all(owner[None, :, None] != excluded[:, None, :], axis=2)
+        keep = owner[None, :] != excluded[:, :1]
+        for column in range(1, excluded.shape[1]):
+            keep &= owner[None, :] != excluded[:, column : column + 1]
         count = np.cumsum(keep, axis=1)
         total = np.cumsum(np.where(keep, flat, 0.0), axis=1)
         others = np.full((len(excluded), self.units + 1), -np.inf)
@@ -133,19 +149,24 @@ class _Splitter:
         others[r, count[r, p]] = total[r, p]
         return np.maximum.accumulate(others, axis=1)
 
-    def cost_after_switch(self, desc: np.ndarray) -> np.ndarray:
-        """total[i, d]: least total cost if app i switches to d (inf if it cannot fit)."""
+    def cost_after_switch(self, desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[i, d]: least total cost if app i switches to d (inf if it cannot), and app i's
+        units in that split."""
         n, rows = len(desc), np.arange(len(desc))
         base_now = self.base[rows, desc]
         free = self.units - (base_now.sum() - base_now[:, None] + self.base)
         others = self._others(desc, rows[:, None])
-        best_gain = _best_split(self.prefix, others[:, None, :], free)
+        best_gain, taken = _best_split(self.prefix, others, free)
         cost_now = self.base_cost[rows, desc]
         total = cost_now.sum() - cost_now[:, None] + self.base_cost - best_gain
-        return np.where(np.isfinite(total), total, np.inf).reshape(n, self.width)
+        total = np.where(np.isfinite(total), total, np.inf).reshape(n, self.width)
+        return total, self.base + taken
 
-    def cost_after_pairs(self, desc: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-        """total[p, a, b]: least total cost if apps pairs[p] switch to a and b."""
+    def cost_after_pairs(
+        self, desc: np.ndarray, pairs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """[p, a, b]: least total cost if apps pairs[p] switch to a and b, and the two apps'
+        units together in that split."""
         rows = np.arange(len(desc))
         i, j = pairs[:, 0], pairs[:, 1]
         base_now = self.base[rows, desc]
@@ -161,7 +182,7 @@ class _Splitter:
         zero = np.zeros((*both.shape[:3], 1))
         own = np.concatenate([zero, np.cumsum(both, axis=3)], axis=3)
         others = self._others(desc, pairs)
-        best_gain = _best_split(own, others[:, None, None, :], free)
+        best_gain, taken = _best_split(own, others, free)
         cost_now = self.base_cost[rows, desc]
         rest_cost = cost_now.sum() - cost_now[i] - cost_now[j]
         total = (
@@ -170,7 +191,8 @@ class _Splitter:
             + self.base_cost[j][:, None, :]
             - best_gain
         )
-        return np.where(np.isfinite(total), total, np.inf)
+        units = self.base[i][:, :, None] + self.base[j][:, None, :] + taken
+        return np.where(np.isfinite(total), total, np.inf), units
 
     def plan(self, desc: np.ndarray) -> Plan:
         """The split itself: base units plus the positive gains among the largest free ones."""
@@ -284,16 +306,18 @@ class _WorstFirst:
         return True
 
 
-def _best_split(own: np.ndarray, others: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """max over y <= free of own[..., y] + others[..., free - y]: the best use of free units.
+def _best_split(
+    own: np.ndarray, others: np.ndarray, free: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """max over y <= free of own[..., y] + others[..., free - y] (the best use of the free
+    units) and the y attaining it (fewest on ties).
 
-    own[..., y] is the gain of y units to the switching app(s), others[..., x] that of x
-    units to the rest (constant once their gains run out); -inf where `free` < 0 (the bases
-    alone do not fit).
+    own[r, ..., y] is the gain of y units to the switching app(s) of row r, others[r, x] that
+    of x units to the rest (constant once their gains run out); -inf where `free` < 0 (the
+    bases alone do not fit).
     """
-    units = others.shape[-1] - 1
-    y = np.arange(own.shape[-1])
-    idx = free[..., None] - y
-    shape = (*np.broadcast_shapes(own.shape[:-1], free.shape), units + 1)
-    taken = np.take_along_axis(np.broadcast_to(others, shape), idx.clip(0, units), axis=-1)
-    return np.max(np.where(idx >= 0, own + taken, -np.inf), axis=-1, initial=-np.inf)
+    idx = free[..., None] - np.arange(own.shape[-1])
+    rows = np.arange(len(others)).reshape((-1,) + (1,) * (idx.ndim - 1))
+    total = np.where(idx >= 0, own + others[rows, idx.clip(0, others.shape[1] - 1)], -np.inf)
+    best = np.argmax(total, axis=-1)
+    return np.take_along_axis(total, best[..., None], axis=-1)[..., 0], best
