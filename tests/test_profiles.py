@@ -182,8 +182,10 @@ def test_cli_prints_the_table_writes_the_plot_and_check_accepts_the_file(
 
 
 def test_unconvertible_tflite_is_skipped_with_a_message_and_torch_still_written(
-    tiny_nest: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    nest = write_tiny_nest(tmp_path / "one.nest", levels=1)
+
     def unavailable(*args: object, **kwargs: object) -> list[Path]:
         raise BackendUnavailable("TFLite conversion unavailable: no litert_torch")
 
@@ -194,11 +196,11 @@ def test_unconvertible_tflite_is_skipped_with_a_message_and_torch_still_written(
         memory_runs=1,
     )
     with caplog.at_level(logging.WARNING):
-        profile = profile_nest(tiny_nest, None, None, settings)
+        profile = profile_nest(nest, None, None, settings)
     assert profile.backends == ["torch"]
     assert "tflite backend skipped" in caplog.text and "no litert_torch" in caplog.text
     with pytest.raises(NestError, match="no litert_torch"):
-        profile_nest(tiny_nest, None, None, replace(settings, backends=("tflite",)))
+        profile_nest(nest, None, None, replace(settings, backends=("tflite",)))
 
 
 def test_tflite_conversions_are_cached_by_content_hash(
