@@ -31,7 +31,7 @@ from scheduler.errors import Infeasible, UnknownApp, UnknownModel
 from scheduler.executor import Executor, JobObserver, Prediction
 from scheduler.manager import LedgerObserver, ModelManager, Target
 from scheduler.planning import PlannedApp, plan
-from scheduler.problem import Method, Policy, Solution
+from scheduler.problem import Assignment, Method, Policy, Solution
 from scheduler.specs import (
     AppInfo,
     AppSpec,
@@ -77,14 +77,6 @@ class _Committed:
     memory_budget_bytes: int
     apps: dict[str, _App]
     solution: Solution | None
-
-    def assignment(self, app_id: str) -> tuple[int, float, float]:
-        """(descendant, share, accuracy) of an app in the plan."""
-        assert self.solution is not None
-        for a in self.solution.apps:
-            if a.name == app_id:
-                return a.descendant, a.share, a.accuracy
-        raise UnknownApp(f"no app with id '{app_id}'")
 
 
 class Runtime:
@@ -160,8 +152,7 @@ class Runtime:
             app = _App(uuid.uuid4().hex[:12], spec.name or spec.model, spec)
             apps = {**self._committed.apps, app.id: app}
             solution = self._solve(apps, self._committed)
-            share = _share_of(solution, app.id)
-            self._executor.add_app(app.id, share)
+            self._executor.add_app(app.id, _assigned(solution, app.id).share)
             try:
                 self._apply(apps, solution, self._committed.memory_budget_bytes)
             except BaseException:
@@ -262,12 +253,12 @@ class Runtime:
         )
 
     def _status(self, committed: _Committed, app: _App) -> AppStatus:
-        descendant, share, accuracy = committed.assignment(app.id)
+        part = _assigned(committed.solution, app.id)
         resident = self._manager.info(app.id)
         counters = self._executor.counters(app.id)
         return AppStatus(
-            id=app.id, name=app.name, model=app.spec.model, descendant=descendant, share=share,
-            accuracy=accuracy, resident_bytes=resident.resident_bytes,
+            id=app.id, name=app.name, model=app.spec.model, descendant=part.descendant,
+            share=part.share, accuracy=part.accuracy, resident_bytes=resident.resident_bytes,
             fps_measured=counters.fps_measured, latency_p50_s=counters.latency_p50_s,
             latency_p99_s=counters.latency_p99_s, frames=counters.frames, drops=counters.drops,
             switches=resident.switches, priority=app.spec.priority,
@@ -277,10 +268,11 @@ class Runtime:
 
     def _info(self, app_id: str) -> AppInfo:
         app = self._committed.apps[app_id]
-        descendant, share, accuracy = self._committed.assignment(app_id)
-        return AppInfo(id=app.id, name=app.name, model=app.spec.model, descendant=descendant,
-                       share=share, accuracy=accuracy, target_latency_s=app.spec.target_latency_s,
-                       fps=app.spec.fps, priority=app.spec.priority)
+        part = _assigned(self._committed.solution, app_id)
+        return AppInfo(id=app.id, name=app.name, model=app.spec.model,
+                       descendant=part.descendant, share=part.share, accuracy=part.accuracy,
+                       target_latency_s=app.spec.target_latency_s, fps=app.spec.fps,
+                       priority=app.spec.priority)
 
     # ------------------------------------------------------------------ planning
 
@@ -338,7 +330,7 @@ class Runtime:
                               state.memory_budget_bytes, apps, state.plan)
         solution = self._solve_dropping_newest(restored)
         for app_id in restored.apps:
-            self._executor.add_app(app_id, _share_of(solution, app_id))
+            self._executor.add_app(app_id, _assigned(solution, app_id).share)
         self._apply(restored.apps, solution, restored.memory_budget_bytes)
         self._commit(replace(restored, solution=solution))
         log.info("restored %d apps (policy %s, budget %d bytes, plan %s)", len(restored.apps),
@@ -375,8 +367,12 @@ class Runtime:
             raise NestError("the runtime is not running: call start() first")
 
 
-def _share_of(solution: Solution, app_id: str) -> float:
-    return next(a.share for a in solution.apps if a.name == app_id)
+def _assigned(solution: Solution | None, app_id: str) -> Assignment:
+    """An app's part of a plan (apps are named by their ids in the scheduler's problem)."""
+    for part in [] if solution is None else solution.apps:
+        if part.name == app_id:
+            return part
+    raise UnknownApp(f"no app with id '{app_id}'")
 
 
 def _spec_fields(spec: AppSpec) -> dict[str, object]:

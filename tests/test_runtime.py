@@ -611,7 +611,7 @@ OPS = st.lists(
 )
 
 
-@settings(max_examples=10, deadline=None, derandomize=True,
+@settings(max_examples=8, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS)
 def test_accounted_bytes_never_exceed_the_budget(
