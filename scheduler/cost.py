@@ -22,16 +22,11 @@ def cost(app: App, descendant: int, share: float, alpha: float) -> float:
     return app.priority * ((app.best_accuracy - d.accuracy) + alpha * excess)
 
 
-def cost_row(app: App, descendant: int, units: int, alpha: float) -> np.ndarray:
-    """Costs of one descendant at shares 1/U .. U/U (index k-1 holds k units)."""
-    d = app.descendants[descendant]
-    shares = np.arange(1, units + 1, dtype=np.float64) / units
-    excess = np.maximum(0.0, d.latency_s / (shares * app.target_latency_s) - 1.0)
-    return app.priority * ((app.best_accuracy - d.accuracy) + alpha * excess)
-
-
 def cost_table(app: App, units: int, alpha: float) -> np.ndarray:
-    """All of `cost_row` at once: [d, k-1] is the cost of descendant d with k units."""
+    """C(d, k / units) of `cost` for every descendant d and k = 1..units, at index [d, k-1].
+
+    Same operations in the same order as `cost`, so the numbers are bit-identical.
+    """
     latency = np.array([d.latency_s for d in app.descendants])[:, None]
     accuracy = np.array([d.accuracy for d in app.descendants])[:, None]
     shares = np.arange(1, units + 1, dtype=np.float64) / units

@@ -122,13 +122,6 @@ class Problem(BaseModel):
         """Number of share steps in the whole processor (1 / share_step)."""
         return round(1.0 / self.share_step)
 
-    def app_index(self, name: str) -> int:
-        """Position of the app called `name`."""
-        for i, app in enumerate(self.apps):
-            if app.name == name:
-                return i
-        raise KeyError(name)
-
 
 class Assignment(BaseModel):
     """One app's part of a solution."""

@@ -18,6 +18,7 @@ from scheduler import (
     Problem,
     Tolerance,
     baseline,
+    cost,
     exact,
     min_max_cost,
     min_total_cost,
@@ -25,6 +26,7 @@ from scheduler import (
     resolve,
     solve,
 )
+from scheduler.cost import Tables
 from scheduler.solve import spread_leftover
 
 STEPS = [0.1, 0.125, 0.2, 0.25, 0.5, 1.0]
@@ -384,6 +386,20 @@ def test_empty_descendants_share_step_and_names_are_checked() -> None:
     with pytest.raises(NestError) as caught:
         parse_problem({"apps": [good], "memory_budget_bytes": 1, "alhpa": 2})
     assert "alhpa" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@settings(max_examples=30, deadline=None)
+@given(problems())
+def test_public_cost_matches_the_tables(problem: Problem) -> None:
+    tables = Tables.of(problem)
+    for app, table in zip(problem.apps, tables.cost, strict=True):
+        for d in range(len(app.descendants)):
+            for k in (1, problem.share_units):
+                share = k / problem.share_units
+                assert cost(app, d, share, problem.alpha) == table[d, k - 1]
+                assert cost(app, d, share, problem.alpha) == pytest.approx(
+                    plain_cost(app, d, share, problem.alpha), rel=1e-12, abs=1e-12
+                )
 
 
 def test_problem_from_columns() -> None:
