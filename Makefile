@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 EXTRAS ?= dev
 
-.PHONY: demo test lint data install reproduce fuzz clean
+.PHONY: demo test lint data install fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,9 +34,6 @@ lint: install
 
 demo: install data
 	$(VENV)/bin/nestdnn demo
-
-reproduce: install data
-	$(VENV)/bin/nestdnn demo --reproduce
 
 fuzz: install
 	$(PY) benchmarks/fuzz_api.py
