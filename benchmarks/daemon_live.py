@@ -56,7 +56,7 @@ from scheduler.executor import Prediction
 from scheduler.problem import App
 from scheduler.runtime import AppSpec, Runtime, RuntimeSettings
 from scheduler.simulate import AppStart, AppStop, SimulationResult, SwapModel, Trace, simulate
-from scheduler.synthetic_models import synthetic_models_dir
+from scheduler.synthetic_models import synthetic_models_dir, write_synthetic_profile
 
 log = logging.getLogger("daemon_live")
 
@@ -78,7 +78,8 @@ def build_workload(catalogue: ModelCatalogue, duration_s: float, budget_fraction
     """Four apps over ``duration_s``, up to three at once, models assigned round robin.
 
     The memory budget is ``budget_fraction`` of the bytes the apps running at once would
-    hold with their largest descendants (at the busiest moment of the trace).
+    hold with their largest descendants (at the busiest moment of the trace), and at least
+    the largest single descendant (so that the baseline can swap any model in).
     """
     names = sorted(catalogue.entries)
     models = {f"app{i}": names[i % len(names)] for i in range(4)}
@@ -95,7 +96,9 @@ def build_workload(catalogue: ModelCatalogue, duration_s: float, budget_fraction
         app = App(name=name, target_latency_s=1.0 / fps, priority=priority.get(name, 1.0),
                   descendants=table)
         events.append(AppStart(time_s=t, app=app, fps=fps))
-    budget = int(budget_fraction * _peak_largest_bytes(events))
+    largest_model = max(app.descendants[-1].memory_bytes for app in
+                        (e.app for e in events if isinstance(e, AppStart)))
+    budget = max(int(budget_fraction * _peak_largest_bytes(events)), largest_model)
     return Workload(Trace(duration_s=duration_s, memory_budget_bytes=budget, events=events),
                     models)
 
@@ -187,6 +190,30 @@ def run_live(catalogue: ModelCatalogue, settings: RuntimeSettings, workload: Wor
     """Replay the trace in real time against a fresh runtime; measure every app."""
     runtime = Runtime(catalogue, settings)
     runtime.start()
+    try:
+        records, cpu = _replay(runtime, catalogue, workload)
+    finally:
+        runtime.stop()
+    apps = list(records.values())
+    done = sum(r.outcomes.get("completed", 0) for r in apps)
+    app_seconds = sum(r.stopped - r.started for r in apps)
+    return LiveResult(
+        policy=settings.policy,
+        accuracy=sum(r.accuracy_seconds for r in apps) / app_seconds,
+        fps=done / app_seconds,
+        switches=sum(r.switches for r in apps),
+        loads=sum(r.loads for r in apps),
+        busy_s_per_frame=sum(r.busy_s for r in apps) / max(done, 1),
+        cpu_s_per_frame=cpu / max(done, 1),
+        frames=done,
+        app_seconds=app_seconds,
+        apps=apps,
+    )
+
+
+def _replay(runtime: Runtime, catalogue: ModelCatalogue, workload: Workload
+            ) -> tuple[dict[str, AppRecord], float]:
+    """Start and stop apps at the trace's times; returns their records and the CPU seconds."""
     frames = {name: torch.randn(entry.input_shape) for name, entry in catalogue.entries.items()}
     ids: dict[str, str] = {}
     senders: dict[str, Sender] = {}
@@ -212,23 +239,7 @@ def run_live(catalogue: ModelCatalogue, settings: RuntimeSettings, workload: Wor
         _finish_apps(runtime, {name: (ids.pop(name), senders.pop(name), records[name])
                                for name in leaving}, at)
         accuracy_now = {a.name: a.accuracy for a in runtime.snapshot().apps}
-    cpu = time.process_time() - cpu0
-    runtime.stop()
-    apps = list(records.values())
-    done = sum(r.outcomes.get("completed", 0) for r in apps)
-    app_seconds = sum(r.stopped - r.started for r in apps)
-    return LiveResult(
-        policy=settings.policy,
-        accuracy=sum(r.accuracy_seconds for r in apps) / app_seconds,
-        fps=done / app_seconds,
-        switches=sum(r.switches for r in apps),
-        loads=sum(r.loads for r in apps),
-        busy_s_per_frame=sum(r.busy_s for r in apps) / max(done, 1),
-        cpu_s_per_frame=cpu / max(done, 1),
-        frames=done,
-        app_seconds=app_seconds,
-        apps=apps,
-    )
+    return records, time.process_time() - cpu0
 
 
 def _finish_apps(runtime: Runtime, leaving: dict[str, tuple[str, Sender, AppRecord]],
@@ -270,10 +281,14 @@ def load_bandwidth(catalogue: ModelCatalogue, repeats: int = 3) -> float:
 
 
 def quick_models(out_dir: Path) -> Path:
-    """Three tiny SYNTHETIC models with measured latencies (reused if already written)."""
+    """Three tiny SYNTHETIC models (written once), re-profiled now: the simulator's latencies
+    must be measured under the conditions of the live run."""
     directory = out_dir / "daemon_live_synthetic_models"
     names = ["synthetic-a", "synthetic-b", "synthetic-c"]
-    if not all((directory / f"{n}.profile.json").is_file() for n in names):
+    if all((directory / f"{n}.nest").is_file() for n in names):
+        for name in names:
+            write_synthetic_profile(directory / f"{name}.nest")
+    else:
         synthetic_models_dir(directory, names)
     return directory
 
