@@ -9,6 +9,7 @@ from the same table, so that equal plans have bit-identical costs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -22,63 +23,93 @@ def cost(app: App, descendant: int, share: float, alpha: float) -> float:
     return app.priority * ((app.best_accuracy - d.accuracy) + alpha * excess)
 
 
-def cost_table(app: App, units: int, alpha: float) -> np.ndarray:
-    """C(d, k / units) of `cost` for every descendant d and k = 1..units, at index [d, k-1].
+NO_BYTES = np.iinfo(np.int64).max // 4
+"""Memory of a padding descendant (apps with fewer descendants than the widest)."""
+
+
+def cost_grid(problem: Problem) -> np.ndarray:
+    """[i, d, k-1]: `cost` of app i, descendant d, k / U of the processor (inf: padding).
 
     Same operations in the same order as `cost`, so the numbers are bit-identical.
     """
-    latency = np.array([d.latency_s for d in app.descendants])[:, None]
-    accuracy = np.array([d.accuracy for d in app.descendants])[:, None]
+    width = max((len(a.descendants) for a in problem.apps), default=0)
+    latency = np.full((len(problem.apps), width), np.inf)
+    accuracy = np.zeros((len(problem.apps), width))
+    for i, app in enumerate(problem.apps):
+        latency[i, : len(app.descendants)] = [d.latency_s for d in app.descendants]
+        accuracy[i, : len(app.descendants)] = [d.accuracy for d in app.descendants]
+    best = np.array([a.best_accuracy for a in problem.apps])[:, None, None]
+    target = np.array([a.target_latency_s for a in problem.apps])[:, None, None]
+    priority = np.array([a.priority for a in problem.apps])[:, None, None]
+    units = problem.share_units
     shares = np.arange(1, units + 1, dtype=np.float64) / units
-    excess = np.maximum(0.0, latency / (shares * app.target_latency_s) - 1.0)
-    return app.priority * ((app.best_accuracy - accuracy) + alpha * excess)
+    with np.errstate(invalid="ignore"):  # padding: alpha = 0 times infinite excess
+        excess = np.maximum(0.0, latency[:, :, None] / (shares * target) - 1.0)
+        grid = priority * ((best - accuracy[:, :, None]) + problem.alpha * excess)
+    return np.where(np.isinf(latency)[:, :, None], np.inf, grid)
 
 
 @dataclass(frozen=True)
 class Tables:
-    """Per-app cost tables: cost[i][d, k-1] is app i's cost with descendant d and k units."""
+    """Per-app cost tables: cost[i][d, k-1] is app i's cost with descendant d and k units.
+
+    `grid` and `bytes` hold the same for all apps at once, padded to the widest app with
+    infinite cost and `NO_BYTES`; `cost` and `memory` are per-app views without padding.
+    """
 
     units: int
     budget: int
-    cost: tuple[np.ndarray, ...]
-    memory: tuple[np.ndarray, ...]
+    grid: np.ndarray
+    bytes: np.ndarray
+    widths: tuple[int, ...]
     start: tuple[int, ...]
     """Each app's smallest allowed descendant (where the greedy starts)."""
 
     @classmethod
     def of(cls, problem: Problem) -> Tables:
         """Tabulate every app's cost on the problem's share grid."""
-        units = problem.share_units
-        costs = tuple(cost_table(app, units, problem.alpha) for app in problem.apps)
-        memory = tuple(
-            np.array([d.memory_bytes for d in app.descendants], dtype=np.int64)
-            for app in problem.apps
-        )
+        widths = tuple(len(a.descendants) for a in problem.apps)
+        memory = np.full((len(widths), max(widths, default=0)), NO_BYTES, dtype=np.int64)
+        for i, app in enumerate(problem.apps):
+            memory[i, : widths[i]] = [d.memory_bytes for d in app.descendants]
         start = tuple(app.smallest for app in problem.apps)
-        return cls(units, problem.memory_budget_bytes, costs, memory, start)
+        return cls(
+            problem.share_units,
+            problem.memory_budget_bytes,
+            cost_grid(problem),
+            memory,
+            widths,
+            start,
+        )
+
+    @cached_property
+    def cost(self) -> tuple[np.ndarray, ...]:
+        """Per-app tables [d, k-1] (views of `grid`)."""
+        return tuple(self.grid[i, :w] for i, w in enumerate(self.widths))
+
+    @cached_property
+    def memory(self) -> tuple[np.ndarray, ...]:
+        """Per-app descendant bytes (views of `bytes`)."""
+        return tuple(self.bytes[i, :w] for i, w in enumerate(self.widths))
 
     def restricted(self, fixed: list[int | None]) -> Tables:
         """The same tables with app i allowed only descendant fixed[i] (None: any).
 
         Disallowed descendants get infinite cost; A_max and all other costs are unchanged.
         """
-        costs = []
-        for table, d in zip(self.cost, fixed, strict=True):
-            if d is None:
-                costs.append(table)
-            else:
-                only = np.full_like(table, np.inf)
-                only[d] = table[d]
-                costs.append(only)
+        grid = self.grid.copy()
+        for i, d in enumerate(fixed):
+            if d is not None:
+                grid[i, :d] = np.inf
+                grid[i, d + 1 :] = np.inf
         start = tuple(s if d is None else d for s, d in zip(self.start, fixed, strict=True))
-        return Tables(self.units, self.budget, tuple(costs), self.memory, start)
+        return Tables(self.units, self.budget, grid, self.bytes, self.widths, start)
 
     @property
     def n_apps(self) -> int:
         """Number of apps."""
-        return len(self.cost)
+        return len(self.widths)
 
     def useful_units(self, app: int) -> np.ndarray:
         """Per descendant, the fewest units reaching its lowest cost (more units never help)."""
-        table = self.cost[app]
-        return np.argmin(table, axis=1) + 1
+        return np.argmin(self.cost[app], axis=1) + 1

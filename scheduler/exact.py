@@ -11,11 +11,12 @@ order. Unused units are handed out afterwards by `solve` (they never raise a cos
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler.cost import Tables
+from scheduler.cost import NO_BYTES, Tables
 
 Plan = tuple[tuple[int, int], ...]
 """Per app in problem order: (descendant index, share units)."""
@@ -44,36 +45,47 @@ class Options:
         return len(self.desc)
 
 
-def app_options(tables: Tables, app: int, cap: float = np.inf) -> Options:
-    """Pairs (d, k) with cost <= cap that are not dominated in (units, memory, cost).
+def all_options(tables: Tables, cap: float = np.inf) -> list[Options]:
+    """Per app, the pairs (d, k) with cost <= cap not dominated in (units, memory, cost).
 
     Within a descendant, units beyond the first reaching its lowest cost are dropped. Pair
     (d, k) is dropped when another descendant d' with M(d') <= M(d) reaches a cost <= C(d, k)
-    with at most k units (exact ties keep the lower index). O(D^2 * U).
+    with at most k units (exact ties keep the lower index). O(n * D^2 * U), vectorised over
+    all apps.
     """
-    table, memory = tables.cost[app], tables.memory[app]
-    n_desc, units = table.shape
-    useful = tables.useful_units(app)
+    grid, memory = tables.grid, tables.bytes
+    n, width, units = grid.shape
+    useful = np.argmin(grid, axis=2) + 1
     k = np.arange(1, units + 1)
-    k_other = np.minimum(k[None, :], useful[:, None])
-    c_other = np.take_along_axis(table, k_other - 1, axis=1)
+    k_other = np.minimum(k[None, None, :], useful[:, :, None])
+    c_other = np.take_along_axis(grid, k_other - 1, axis=2)
+    index = np.arange(width)
     other_better = (
-        (memory[:, None] < memory[None, :])[:, :, None]
-        | (c_other[:, None, :] < table[None, :, :])
-        | (k_other[:, None, :] < k[None, None, :])
-        | (np.arange(n_desc)[:, None] < np.arange(n_desc)[None, :])[:, :, None]
+        (memory[:, :, None] < memory[:, None, :])[..., None]
+        | (c_other[:, :, None, :] < grid[:, None, :, :])
+        | (k_other[:, :, None, :] < k)
+        | (index[:, None] < index[None, :])[None, :, :, None]
     )
     dominates = (
-        (memory[:, None] <= memory[None, :])[:, :, None]
-        & (c_other[:, None, :] <= table[None, :, :])
+        (memory[:, :, None] <= memory[:, None, :])[..., None]
+        & (c_other[:, :, None, :] <= grid[:, None, :, :])
         & other_better
-        & ~np.eye(n_desc, dtype=bool)[:, :, None]
+        & ~np.eye(width, dtype=bool)[None, :, :, None]
     )
-    keep = (k[None, :] <= useful[:, None]) & (table <= cap) & np.isfinite(table)
-    keep &= ~dominates.any(axis=0)
-    desc, unit = np.nonzero(keep)
+    keep = (k <= useful[:, :, None]) & (grid <= cap) & np.isfinite(grid)
+    keep &= ~dominates.any(axis=1)
+    app, desc, unit = np.nonzero(keep)
     unit = unit + 1
-    return Options(desc=desc, units=unit, memory=memory[desc], cost=table[desc, unit - 1])
+    bounds = np.searchsorted(app, np.arange(n + 1))
+    return [
+        Options(
+            desc=desc[a:b],
+            units=unit[a:b],
+            memory=memory[i, desc[a:b]],
+            cost=grid[i, desc[a:b], unit[a:b] - 1],
+        )
+        for i, (a, b) in enumerate(itertools.pairwise(bounds))
+    ]
 
 
 @dataclass(frozen=True)
@@ -309,17 +321,17 @@ def min_max_level(tables: Tables) -> float | None:
 def _fits_at(tables: Tables, levels: np.ndarray) -> np.ndarray:
     """Per level: can every app have cost <= level within both budgets?
 
-    least[l, s] is the fewest bytes the apps so far need with at most s units at level l
-    (columns 0..U hold "no way", so that s - need indexes it without bounds checks).
+    need[l, i, d] is the fewest units giving app i cost <= level l with descendant d (U + 1:
+    none); least[l, s] the fewest bytes the apps so far need with at most s units (columns
+    0..U hold "no way", so that s - need indexes it without bounds checks).
     """
     units = tables.units
-    never = np.iinfo(np.int64).max // 4
+    need = (tables.grid[None] > levels[:, None, None, None]).sum(axis=3) + 1
     least = np.zeros((len(levels), 2 * units + 2), dtype=np.int64)
-    least[:, : units + 1] = never
+    least[:, : units + 1] = NO_BYTES
     row = np.arange(len(levels))[:, None, None]
     s = np.arange(units + 1, 2 * units + 2)[None, None, :]
-    for table, memory in zip(tables.cost, tables.memory, strict=True):
-        need = (table[None, :, :] > levels[:, None, None]).sum(axis=2) + 1
-        options = least[row, s - need[:, :, None]] + memory[None, :, None]
-        least[:, units + 1 :] = np.minimum(options.min(axis=1), never)
+    for i in range(tables.n_apps):
+        options = least[row, s - need[:, i, :, None]] + tables.bytes[i][None, :, None]
+        least[:, units + 1 :] = np.minimum(options.min(axis=1), NO_BYTES)
     return least[:, -1] <= tables.budget

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scheduler.cost import Tables
-from scheduler.exact import Plan, app_options, min_max_level, min_total_plan
+from scheduler.exact import Plan, all_options, min_max_level, min_total_plan
 from scheduler.greedy import greedy_min_max, greedy_min_total
 from scheduler.problem import Assignment, Method, Policy, Problem, Solution
 
@@ -56,7 +56,7 @@ def _optimise(problem: Problem, policy: Policy, method: Method, tables: Tables) 
 
 def _exact_total(tables: Tables) -> Plan | None:
     """Exact MinTotalCost plan."""
-    return min_total_plan(tables, [app_options(tables, i) for i in range(tables.n_apps)])
+    return min_total_plan(tables, all_options(tables))
 
 
 def _exact_max(tables: Tables) -> Plan | None:
@@ -69,8 +69,7 @@ def _exact_max(tables: Tables) -> Plan | None:
     if level is None:
         return None
     cap = level + _LEVEL_RTOL * max(1.0, abs(level))
-    capped = [app_options(tables, i, cap=cap) for i in range(tables.n_apps)]
-    return min_total_plan(tables, capped)
+    return min_total_plan(tables, all_options(tables, cap=cap))
 
 
 def _greedy_total(tables: Tables) -> Plan:
