@@ -150,7 +150,7 @@ admin_bearer = HTTPBearer(
 )
 
 
-async def _authenticator(request: Request) -> Authenticator:
+def _authenticator(request: Request) -> Authenticator:
     return request.app.state.daemon.auth
 
 
@@ -166,11 +166,12 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
 
 async def require_app_token(
     app_id: str,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(app_bearer)],
-    auth: Annotated[Authenticator, Depends(_authenticator)],
 ) -> str:
     """Dependency: the caller holds this app's token (or the admin token); returns the app id."""
     token = _token(credentials)
+    auth = _authenticator(request)
     if auth.store.verify(app_id, token) or auth.is_admin(token):
         return app_id
     if not auth.app_exists(app_id):
@@ -179,11 +180,11 @@ async def require_app_token(
 
 
 async def require_admin(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(admin_bearer)],
-    auth: Annotated[Authenticator, Depends(_authenticator)],
 ) -> None:
     """Dependency: the caller holds the admin token."""
-    if not auth.is_admin(_token(credentials)):
+    if not _authenticator(request).is_admin(_token(credentials)):
         raise HTTPException(status_code=403, detail="this endpoint needs the admin token")
 
 

@@ -9,8 +9,8 @@ from fastapi import Depends, Request
 from api.daemon import Daemon
 
 
-def get_daemon(request: Request) -> Daemon:
-    """The daemon object of this FastAPI app."""
+async def get_daemon(request: Request) -> Daemon:
+    """The daemon object of this FastAPI app (async: no thread hop for a lookup)."""
     return request.app.state.daemon
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from typing import Annotated
 
 import torch
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import AppId
@@ -65,7 +66,7 @@ async def infer(
     app_id: AppId,
     daemon: DaemonDep,
     top_k: Annotated[int | None, Query(ge=1, le=1000, description="Classes to return.")] = None,
-) -> InferOut:
+) -> Response:
     """Run one frame on the app's current descendant (needs the app's token)."""
     arrived = time.perf_counter()
     entry = daemon.entry(app_id)
@@ -74,7 +75,8 @@ async def infer(
     prediction = await asyncio.wrap_future(future)
     total = time.perf_counter() - arrived
     daemon.metrics.latency.labels(app_id).observe(total)
-    return _answer(prediction, entry, top_k or daemon.settings.top_k, total)
+    answer = _answer(prediction, entry, top_k or daemon.settings.top_k, total)
+    return Response(answer.model_dump_json(), media_type="application/json")  # built once
 
 
 async def _read_frame(request: Request, spec: FrameSpec) -> torch.Tensor:
@@ -103,16 +105,13 @@ async def _multipart_file(request: Request) -> tuple[bytes, str]:
 
 def _answer(prediction: Prediction, entry: CatalogueEntry, k: int, total: float) -> InferOut:
     """The response body: label, class name and the top-k classes."""
-    probs = torch.tensor(prediction.probabilities)
-    scores, labels = probs.topk(min(k, probs.numel()))
+    probs = prediction.probabilities
+    best = heapq.nlargest(k, range(len(probs)), key=probs.__getitem__)
     names = entry.class_names
     return InferOut(
         label=prediction.label,
         class_name=_name(names, prediction.label),
-        top_k=[
-            TopK(label=int(i), class_name=_name(names, int(i)), score=float(s))
-            for s, i in zip(scores, labels, strict=True)
-        ],
+        top_k=[TopK(label=i, class_name=_name(names, i), score=probs[i]) for i in best],
         descendant=prediction.descendant,
         queue_ms=prediction.queue_s * 1000.0,
         compute_ms=prediction.compute_s * 1000.0,
