@@ -296,7 +296,11 @@ def test_register_runs_frames_on_the_planned_descendant(
     assert prediction.descendant == planned.descendant
     assert sum(prediction.probabilities) == pytest.approx(1.0, abs=1e-5)
     assert prediction.label == max(range(4), key=prediction.probabilities.__getitem__)
-    assert rt.snapshot().apps[1].frames == 1
+    assert prediction.queue_s >= 0 and prediction.compute_s > 0
+    measured = rt.snapshot().apps[1]
+    assert (measured.frames, measured.drops, measured.switches, measured.loads) == (1, 0, 0, 1)
+    assert measured.fps_measured > 0 and measured.busy_s > 0
+    assert measured.latency_p50_s == measured.latency_p99_s > 0
 
 
 def test_bad_requests_are_refused_with_clear_errors(
@@ -408,7 +412,8 @@ def test_every_frame_gets_exactly_one_outcome_while_apps_come_and_go(
                                    for m in MODELS]
     lock = threading.Lock()
     outcomes: Counter[str] = Counter()
-    futures: list[Future[Prediction]] = []
+    per_app: Counter[tuple[str, str]] = Counter()
+    futures: list[tuple[str, Future[Prediction]]] = []
 
     def submitter(seed: int) -> None:
         rng = random.Random(seed)
@@ -418,12 +423,11 @@ def test_every_frame_gets_exactly_one_outcome_while_apps_come_and_go(
             try:
                 future = rt.submit(app_id, frames[model])
             except (UnknownApp, QueueFull):
-                outcome = "refused"
+                with lock:
+                    outcomes["refused"] += 1
             else:
-                futures.append(future)
-                continue
-            with lock:
-                outcomes[outcome] += 1
+                with lock:
+                    futures.append((app_id, future))
 
     def churn() -> None:
         rng = random.Random(99)
@@ -441,19 +445,24 @@ def test_every_frame_gets_exactly_one_outcome_while_apps_come_and_go(
         t.start()
     for t in threads:
         t.join(timeout=300)
-    for future in futures:
+    for app_id, future in futures:
         try:
             prediction = future.result(timeout=120)
         except FrameDropped:
-            outcomes["dropped"] += 1
+            outcome = "dropped"
         else:
             assert sum(prediction.probabilities) == pytest.approx(1.0, abs=1e-5)
-            outcomes["result"] += 1
+            outcome = "result"
+        outcomes[outcome] += 1
+        per_app[app_id, outcome] += 1
     assert sum(outcomes.values()) == 8 * 60
     assert outcomes["result"] > 0
     snap = rt.snapshot()
     assert len(snap.apps) == len(MODELS)
     assert snap.accounted_bytes <= snap.memory_budget_bytes
+    for app in snap.apps:  # the snapshot's counters are exactly the callers' outcomes
+        assert (app.frames, app.drops) == (per_app[app.id, "result"],
+                                           per_app[app.id, "dropped"])
 
 
 def test_restart_restores_apps_policy_and_the_same_plan(
