@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,8 +78,9 @@ def build_workload(catalogue: ModelCatalogue, duration_s: float, budget_fraction
     """Four apps over ``duration_s``, up to three at once, models assigned round robin.
 
     The memory budget is ``budget_fraction`` of the bytes the apps running at once would
-    hold with their largest descendants (at the busiest moment of the trace), and at least
-    the largest single descendant (so that the baseline can swap any model in).
+    hold with their largest descendants (at the busiest moment of the trace), but at least
+    what their smallest descendants need (so that NestDNN can run them all) and the largest
+    single descendant (so that the baseline can swap any model in).
     """
     names = sorted(catalogue.entries)
     models = {f"app{i}": names[i % len(names)] for i in range(4)}
@@ -98,18 +99,21 @@ def build_workload(catalogue: ModelCatalogue, duration_s: float, budget_fraction
         events.append(AppStart(time_s=t, app=app, fps=fps))
     largest_model = max(app.descendants[-1].memory_bytes for app in
                         (e.app for e in events if isinstance(e, AppStart)))
-    budget = max(int(budget_fraction * _peak_largest_bytes(events)), largest_model)
+    budget = max(int(budget_fraction * _peak_bytes(events, max)), _peak_bytes(events, min),
+                 largest_model)
     return Workload(Trace(duration_s=duration_s, memory_budget_bytes=budget, events=events),
                     models)
 
 
-def _peak_largest_bytes(events: Sequence[AppStart | AppStop]) -> int:
-    """Most bytes the running apps' largest descendants hold together, over the trace."""
+def _peak_bytes(events: Sequence[AppStart | AppStop],
+                pick: Callable[[Iterable[int]], int]) -> int:
+    """Most bytes the running apps hold together over the trace, each with the descendant
+    ``pick`` (max: largest, min: smallest) selects by bytes."""
     running: dict[str, int] = {}
     peak = 0
     for event in events:
         if isinstance(event, AppStart):
-            running[event.app.name] = max(d.memory_bytes for d in event.app.descendants)
+            running[event.app.name] = pick(d.memory_bytes for d in event.app.descendants)
         else:
             running.pop(event.name)
         peak = max(peak, sum(running.values()))
