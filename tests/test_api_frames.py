@@ -149,3 +149,18 @@ def test_sniffing() -> None:
     assert sniff_type(image_bytes(np.zeros((2, 2), np.uint8))) == "image/png"
     assert sniff_type(image_bytes(np.zeros((2, 2, 3), np.uint8), "JPEG")) == "image/jpeg"
     assert sniff_type(b"hello") is None
+
+
+def test_npy_variants_fortran_order_and_version_2() -> None:
+    frame = np.asfortranarray(np.arange(256, dtype=np.float32).reshape(1, 16, 16))
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, frame, version=(2, 0))
+    out = decode_frame(buffer.getvalue(), "application/x-npy", GREY)
+    assert torch.equal(out, torch.from_numpy(np.ascontiguousarray(frame)))
+    assert torch.equal(decode_frame(npy(frame), "application/x-npy", GREY), out)
+
+
+def test_truncated_npy_is_refused() -> None:
+    body = npy(np.zeros((1, 16, 16), np.float32))
+    with pytest.raises(FrameError, match="data bytes"):
+        decode_frame(body[:-4], "application/x-npy", GREY)
