@@ -7,7 +7,7 @@ directly in-process (plain forward passes, same thread count) for the ratio REST
 Goal: REST >= 70% of direct at batch 1 (VGG-16 x0.25 on 28x28), no errors but documented 429s.
 
     .venv/bin/python benchmarks/api_load.py --models runs/models --model fmnist-vgg16
-    .venv/bin/python benchmarks/api_load.py --quick      # small synthetic model, labelled
+    .venv/bin/python benchmarks/api_load.py --quick      # random weights, labelled
 
 The clients are asyncio coroutines speaking HTTP/1.1 on raw sockets (prepared request bytes),
 so that the load generator costs the shared CPU as little as possible. Results: a table on
@@ -39,7 +39,10 @@ sys.path.insert(0, str(ROOT))
 
 from api.client import DaemonClient, npy_bytes  # noqa: E402
 from nestdnn.nestfile import load_descendant, read_manifest  # noqa: E402
-from scheduler.synthetic_models import synthetic_models_dir  # noqa: E402
+from scheduler.synthetic_models import (  # noqa: E402
+    write_synthetic_nest,
+    write_synthetic_profile,
+)
 
 log = logging.getLogger("api_load")
 
@@ -266,6 +269,18 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def quick_model(models: Path) -> Path:
+    """A random-weight VGG-16 (descendants x0.0625, x0.125, x0.25) on 1x28x28, profiled here."""
+    models.mkdir(parents=True)
+    nest = models / "quick.nest"
+    write_synthetic_nest(
+        nest, arch="vgg16", in_channels=1, input_size=28, num_classes=10,
+        width_mults=(0.0625, 0.125, 0.25), accuracies=(0.80, 0.88, 0.92),
+    )  # fmt: skip
+    write_synthetic_profile(nest)
+    return models
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", type=Path, help="models directory served by the daemon")
@@ -273,7 +288,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="build and serve a small synthetic (untrained) model instead",
+        help="serve a random-weight VGG-16 x0.25 on 28x28 instead (labelled synthetic)",
     )
     parser.add_argument("--clients", default="2,8,32", help="comma-separated K values")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per K")
@@ -301,8 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nestdnn-load-") as tmp:
         work = Path(tmp)
         if args.quick:
-            models, name = synthetic_models_dir(work / "models", ["quick"]), "quick"
-            label = "quick: synthetic random-weight VGG-11 x0.5 on 1x16x16 (NOT the goal model)"
+            models, name = quick_model(work / "models"), "quick"
+            label = (
+                "quick: VGG-16 x0.25 on 1x28x28 with RANDOM weights (synthetic: the goal model's"
+                " compute, not its accuracy)"
+            )
         else:
             models, name = args.models, args.model
             label = f"{name} from {models}"
