@@ -149,7 +149,7 @@ def plot(points: list[Point], title: str, path: Path) -> None:
     for policy, marker in (("min-total-cost", "o-"), ("min-max-cost", "s--")):
         curve = sorted((p for p in points if p.policy == policy), key=lambda p: p.fps)
         ax.plot([p.fps for p in curve], [100 * p.accuracy for p in curve], marker, label=policy)
-        for p in curve:
+        for p in curve if policy == "min-total-cost" else []:
             ax.annotate(
                 f"{p.alpha:g}",
                 (p.fps, 100 * p.accuracy),
@@ -159,7 +159,7 @@ def plot(points: list[Point], title: str, path: Path) -> None:
             )
     base = next(p for p in points if p.policy == "baseline")
     ax.plot([base.fps], [100 * base.accuracy], "k*", markersize=12, label="resource-agnostic")
-    ax.set_xlabel("frames per second per app")
+    ax.set_xlabel("frames per second per app (labels: alpha)")
     ax.set_ylabel("time-averaged accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

@@ -10,6 +10,7 @@ from scheduler.problem import (
     load_problem,
     parse_problem,
 )
+from scheduler.simulate import SimulationResult, SwapModel, Trace, random_trace, simulate
 from scheduler.solve import (
     Tolerance,
     baseline,
@@ -24,14 +25,19 @@ __all__ = [
     "Assignment",
     "Descendant",
     "Problem",
+    "SimulationResult",
     "Solution",
+    "SwapModel",
     "Tolerance",
+    "Trace",
     "baseline",
     "cost",
     "load_problem",
     "min_max_cost",
     "min_total_cost",
     "parse_problem",
+    "random_trace",
     "resolve",
+    "simulate",
     "solve",
 ]

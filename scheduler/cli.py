@@ -16,9 +16,17 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from nestdnn.errors import NestError
-from scheduler.problem import METHODS, POLICIES, App, load_problem, read_json, validation_message
+from scheduler.problem import (
+    METHODS,
+    POLICIES,
+    App,
+    Problem,
+    load_problem,
+    read_json,
+    validation_message,
+)
 from scheduler.report import plot_simulation, simulation_table
-from scheduler.simulate import SwapModel, load_trace, random_trace, simulate
+from scheduler.simulate import SwapModel, Trace, load_trace, random_trace, simulate
 from scheduler.solve import Tolerance, solve
 from scheduler.synthetic import synthetic_pool
 
@@ -37,13 +45,21 @@ def configure_schedule(parser: argparse.ArgumentParser) -> None:
         " scheduler.Problem schema ('-' reads stdin); the solution is printed as one JSON"
         " object (feasible, objective, solve_time_s, apps: name, descendant, share, cost, ...)."
     )
-    parser.add_argument("problem", help="problem JSON file, or - for stdin")
+    parser.add_argument("problem", nargs="?", help="problem JSON file, or - for stdin")
     _add_policy(parser)
     parser.add_argument("--alpha", type=float, help="override the problem's alpha")
+    parser.add_argument(
+        "--schema", action="store_true", help="print the problem's JSON schema and exit"
+    )
 
 
 def run_schedule(args: argparse.Namespace) -> int:
     """Solve and print the solution JSON; exit 0 also when infeasible."""
+    if args.schema:
+        print(json.dumps(Problem.model_json_schema(), indent=1))
+        return 0
+    if args.problem is None:
+        raise NestError("give a PROBLEM file ('-' for stdin), or --schema")
     problem = load_problem(args.problem)
     if args.alpha is not None:
         if args.alpha < 0:
@@ -61,7 +77,7 @@ def configure_simulate(parser: argparse.ArgumentParser) -> None:
         " schema) through a policy, re-solving at every event, and print per-app and overall"
         " accuracy, FPS, latency misses, switches and busy time."
     )
-    parser.add_argument("trace", help="trace JSON file, or - for stdin")
+    parser.add_argument("trace", nargs="?", help="trace JSON file, or - for stdin")
     _add_policy(parser)
     parser.add_argument("--alpha", type=float, default=1.0, help="weight of latency excess")
     parser.add_argument(
@@ -87,10 +103,18 @@ def configure_simulate(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--plot", metavar="OUT.png", help="plot shares and accuracy over time")
     parser.add_argument("--json", metavar="OUT.json", help="write the full result as JSON")
+    parser.add_argument(
+        "--schema", action="store_true", help="print the trace's JSON schema and exit"
+    )
 
 
 def run_simulate(args: argparse.Namespace) -> int:
     """Simulate and print the table; optionally write the plot and the JSON result."""
+    if args.schema:
+        print(json.dumps(Trace.model_json_schema(), indent=1))
+        return 0
+    if args.trace is None:
+        raise NestError("give a TRACE file ('-' for stdin), or --schema")
     for name in ("alpha", "switch_tolerance", "switch_tolerance_abs"):
         if getattr(args, name) < 0:
             raise NestError(f"--{name.replace('_', '-')} must be >= 0")

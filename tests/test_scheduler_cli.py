@@ -97,6 +97,14 @@ def test_schedule_bad_input_raises_one_line(tmp_path: Path, data: object, messag
 def test_schedule_missing_file() -> None:
     with pytest.raises(NestError, match="cannot read"):
         run("schedule", ["/nonexistent/problem.json"])
+    with pytest.raises(NestError, match="give a PROBLEM"):
+        run("schedule", [])
+
+
+@pytest.mark.parametrize(("command", "title"), [("schedule", "Problem"), ("simulate", "Trace")])
+def test_schemas_are_printed(capsys, command: str, title: str) -> None:
+    assert run(command, ["--schema"]) == 0
+    assert json.loads(capsys.readouterr().out)["title"] == title
 
 
 def test_nestdnn_command_exit_codes(tmp_path: Path, capsys) -> None:
