@@ -29,6 +29,7 @@ when no share step is left or its model alone exceeds the budget.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,10 @@ class Trace(BaseModel):
                 if isinstance(event, AppStop):
                     running.remove(event.name)
         return self
+
+
+def _time(event: Event) -> float:
+    return event.time_s
 
 
 def load_trace(path: str | Path) -> Trace:
@@ -312,11 +317,13 @@ class _Simulator:
     def run(self) -> SimulationResult:
         """Apply each time's events, re-plan, integrate until the next event time."""
         self.budget = self.trace.memory_budget_bytes
-        times = sorted({e.time_s for e in self.trace.events} | {0.0})
-        for start, end in zip(times, [*times[1:], self.trace.duration_s], strict=True):
-            for event in self.trace.events:
-                if event.time_s == start:
-                    self._apply(event)
+        groups = [(t, list(g)) for t, g in itertools.groupby(self.trace.events, _time)]
+        if not groups or groups[0][0] > 0:
+            groups.insert(0, (0.0, []))
+        ends = [t for t, _ in groups[1:]] + [self.trace.duration_s]
+        for (start, events), end in zip(groups, ends, strict=True):
+            for event in events:
+                self._apply(event)
             self._replan()
             if end > start:
                 self._integrate(start, end)
