@@ -78,16 +78,18 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--memory-budget",
         type=parse_size,
-        default=parse_size("64MiB"),
+        default="64MiB",
         metavar="SIZE",
         help="model memory budget, e.g. 64MB (SI) or 64MiB",
     )
-    parser.add_argument("--policy", choices=POLICIES, default="min-total-cost")
+    parser.add_argument(
+        "--policy", choices=POLICIES, default="min-total-cost", help="scheduling objective"
+    )
     parser.add_argument("--method", choices=METHODS, default="exact", help="solver")
     parser.add_argument("--alpha", type=float, default=1.0, help="weight of latency excess")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
-    parser.add_argument("--port", type=_port, default=8000)
+    parser.add_argument("--port", type=_port, default=8000, help="TCP port")
     parser.add_argument(
         "--state-dir",
         type=Path,
@@ -105,7 +107,7 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-body",
         type=parse_size,
-        default=parse_size("8MiB"),
+        default="8MiB",
         metavar="SIZE",
         help="largest request body accepted (413 above)",
     )
