@@ -619,6 +619,7 @@ def test_serve_on_a_busy_port_exits_2_saying_so(
     assert f"port {port} on 127.0.0.1 is already in use" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_nestdnn_serve_serves_logs_replans_and_shuts_down_gracefully(
     models_dir: Path, tmp_path: Path
 ) -> None:
