@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-EXTRAS ?= dev
+EXTRAS ?= dev,export
 
 .PHONY: demo test lint data install fuzz clean
 
