@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,6 @@ class DemoPlan:
     epochs_per_level: float
     profile_runs: int
     window_s: float  # how long apps stream frames after every event
-    extra_train_args: list[str] = field(default_factory=list)
 
 
 FULL = DemoPlan(
@@ -64,16 +63,17 @@ FULL = DemoPlan(
     arch="vgg16",
     width_mult=0.25,
     data_args=["--dataset", "fashion-mnist"],
-    train_epochs=3,
-    prune_ratio=0.15,
-    prune_retrain_epochs=0.15,
-    prune_max_steps=5,
+    train_epochs=2,
+    prune_ratio=0.2,
+    prune_retrain_epochs=0.1,
+    prune_max_steps=4,
     accuracy_drop=0.03,
     descendants=4,
-    epochs_per_level=0.25,
+    epochs_per_level=0.2,
     profile_runs=50,
     window_s=4.0,
 )
+
 QUICK = DemoPlan(
     model_name="synthetic-vgg11",
     arch="vgg11",
@@ -207,7 +207,6 @@ def run_offline(plan: DemoPlan, root: Path) -> Path:
             str(plan.train_epochs),
             "--out",
             str(train_dir),
-            *plan.extra_train_args,
         ],
     )
     vanilla_val = json.loads((train_dir / "train.json").read_text())["val_accuracy"]
