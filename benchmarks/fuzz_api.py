@@ -173,11 +173,11 @@ def fuzz_operation(
         max_examples=examples,
         deadline=None,
         database=None,
-        derandomize=True,
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
         verbosity=hypothesis.Verbosity.quiet,
     )
+    @hypothesis.seed(seed)
     @given(case=st.one_of(strategies), mode=st.sampled_from(AUTH_MODES))
     def run(case: schemathesis.Case, mode: str) -> None:
         params, headers = auth_for(mode, operation.path, apps, rng)
