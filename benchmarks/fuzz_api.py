@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     schemathesis.serializer.alias(RAW_TYPES, "application/octet-stream")
     tally = Tally()
     with tempfile.TemporaryDirectory(prefix="nestdnn-fuzz-") as tmp:
