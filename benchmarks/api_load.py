@@ -23,14 +23,12 @@ import logging
 import os
 import platform
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 
@@ -38,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from api.client import DaemonClient, npy_bytes  # noqa: E402
+from api.launcher import ServeProcess  # noqa: E402
 from nestdnn.nestfile import load_descendant, read_manifest  # noqa: E402
 from scheduler.synthetic_models import (  # noqa: E402
     write_synthetic_nest,
@@ -86,49 +85,14 @@ def free_port() -> int:
 
 def start_server(
     models: Path, state: Path, port: int, args: argparse.Namespace, log_path: Path
-) -> subprocess.Popen:
+) -> ServeProcess:
     """Start `nestdnn serve` in a subprocess and wait until /healthz answers."""
-    command = [
-        str(Path(sys.executable).with_name("nestdnn")),
-        "serve",
-        "--models",
-        str(models),
-        "--memory-budget",
-        args.memory_budget,
-        "--port",
-        str(port),
-        "--state-dir",
-        str(state),
-        "--threads",
-        str(args.threads),
-        "--queue-size",
-        str(args.queue_size),
-    ]
-    env = {**os.environ, "NESTDNN_ADMIN_TOKEN": "load-test-admin"}
-    with log_path.open("w") as sink:
-        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"nestdnn serve exited with {proc.returncode}; see {log_path}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise SystemExit(f"nestdnn serve did not become healthy; see {log_path}")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGTERM (graceful shutdown), then wait."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    options = ["--memory-budget", args.memory_budget, "--threads", str(args.threads)]
+    options += ["--queue-size", str(args.queue_size)]
+    server = ServeProcess(
+        models, state, port, log_path, admin_token="load-test-admin", extra_args=options
+    )
+    return server.start()
 
 
 def request_bytes(port: int, app_id: str, token: str, body: bytes) -> bytes:
@@ -349,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                     results[-1].direct.throughput_per_s,
                 )
         finally:
-            stop_server(proc)
+            proc.stop()
     text = table(results, label)
     print(text)
     report = {

@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
 import re
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from api.client import ApiError, DaemonClient  # noqa: E402
+from api.launcher import ServeProcess  # noqa: E402
 from scheduler.synthetic_models import synthetic_models_dir  # noqa: E402
 
 log = logging.getLogger("fuzz_api")
@@ -87,50 +85,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(models: Path, state: Path, port: int, log_path: Path) -> subprocess.Popen:
+def start_server(models: Path, state: Path, port: int, log_path: Path) -> ServeProcess:
     """Start `nestdnn serve` on loopback and wait for /healthz."""
-    command = [
-        str(Path(sys.executable).with_name("nestdnn")),
-        "serve",
-        "--models",
-        str(models),
-        "--memory-budget",
-        "64MiB",
-        "--port",
-        str(port),
-        "--state-dir",
-        str(state),
-        "--max-body",
-        "1MiB",
-    ]
-    env = {**os.environ, "NESTDNN_ADMIN_TOKEN": ADMIN_TOKEN}
-    with log_path.open("w") as sink:
-        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(
-                f"nestdnn serve exited with {proc.returncode}:\n" + log_path.read_text()[-2000:]
-            )
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("nestdnn serve did not become healthy in 120 s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGTERM for a graceful stop; SIGKILL if the daemon has not exited after 60 s."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        log.error("the daemon did not stop within 60 s of SIGTERM; killed")
-        proc.kill()
-        proc.wait()
+    options = ["--memory-budget", "64MiB", "--max-body", "1MiB"]
+    server = ServeProcess(
+        models, state, port, log_path, admin_token=ADMIN_TOKEN, extra_args=options
+    )
+    return server.start()
 
 
 def auth_for(mode: str, path: str, apps: Apps, rng: random.Random) -> tuple[dict, dict]:
@@ -284,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             fuzz_all(base_url, tally, args.examples, args.seed)
             problems = health_problems(base_url)
         finally:
-            stop_server(proc)
+            proc.stop()
         log_tail = (work / "serve.log").read_text()[-3000:]
     return report(tally, problems, log_tail, args.min_requests)
 

@@ -19,10 +19,8 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -316,74 +314,36 @@ def memory_budget(models_dir: Path, plan: DemoPlan) -> int:
 
 
 class Daemon:
-    """`nestdnn serve` in a child process on loopback, stopped gracefully on exit."""
+    """The demo's daemon: `nestdnn serve` in a child process plus an admin REST client."""
 
     def __init__(self, models_dir: Path, state_dir: Path, port: int, budget: int) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.admin_token = secrets.token_urlsafe(24)
+        from api.launcher import ServeProcess
+
         if state_dir.exists():
             shutil.rmtree(state_dir)  # the scenario starts with no apps
-        self.argv = [
-            *_nestdnn_command(),
-            "serve",
-            "--models",
-            str(models_dir),
-            "--memory-budget",
-            str(budget),
-            "--port",
-            str(port),
-            "--state-dir",
-            str(state_dir),
-            "--policy",
-            "min-total-cost",
-            "--threads",
-            "1",
-        ]
-        self.log_path = state_dir.parent / "daemon.log"
-        self.process: subprocess.Popen[bytes] | None = None
         self.budget = budget
+        self.serve = ServeProcess(
+            models_dir,
+            state_dir,
+            port,
+            state_dir.parent / "daemon.log",
+            admin_token=secrets.token_urlsafe(24),
+            extra_args=["--memory-budget", str(budget), "--policy", "min-total-cost"],
+        )
+        self.url = self.serve.url
 
     def __enter__(self) -> Daemon:
         from api.client import DaemonClient
 
-        print(f"[serve] $ {' '.join(self.argv[-14:])}")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_file = self.log_path.open("wb")
-        env = {**os.environ, "NESTDNN_ADMIN_TOKEN": self.admin_token}
-        self.process = subprocess.Popen(
-            self.argv, stdout=log_file, stderr=subprocess.STDOUT, env=env
-        )
-        self.client = DaemonClient(self.url, admin_token=self.admin_token)
-        self._wait_healthy()
-        print(f"[serve] daemon up at {self.url} (log: {self.log_path})")
+        print(f"[serve] $ nestdnn {' '.join(self.serve.argv[self.serve.argv.index('serve') :])}")
+        self.serve.start()
+        self.client = DaemonClient(self.url, admin_token=self.serve.admin_token)
+        print(f"[serve] daemon up at {self.url} (log: {self.serve.log_path})")
         return self
-
-    def _wait_healthy(self, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                raise NestError(f"the daemon exited at start: {' | '.join(tail)}")
-            try:
-                self.client.health()
-                return
-            except Exception:  # not listening yet
-                time.sleep(0.2)
-        raise NestError(f"the daemon did not answer within {timeout_s:.0f} s")
 
     def __exit__(self, *_exc: object) -> None:
         self.client.close()
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
-def _nestdnn_command() -> list[str]:
-    script = Path(sys.executable).parent / "nestdnn"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "nestdnn.cli"]
+        self.serve.stop()
 
 
 # --------------------------------------------------------------------------------- scenario
