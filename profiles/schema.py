@@ -18,8 +18,6 @@ transient copies while loading), free of the import-time peak and of other desce
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from nestdnn.checkpoint import atomic_write
 from nestdnn.errors import NestError
 
 SCHEMA_VERSION = 1
@@ -322,17 +321,5 @@ def load_profile(path: str | Path) -> Profile:
 
 def save_profile(profile: Profile, path: str | Path) -> Path:
     """Write the profile as indented JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = profile.model_dump_json(indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from nestdnn.checkpoint import atomic_write
 from scheduler.problem import Method, Policy, Solution
 
 log = logging.getLogger(__name__)
@@ -56,18 +56,8 @@ class RuntimeState(BaseModel):
 
 def save_state(state_dir: Path, state: RuntimeState) -> Path:
     """Write the state file atomically: temp file, fsync, rename, fsync the directory."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / STATE_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=state_dir)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(state.model_dump_json(indent=2))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = state.model_dump_json(indent=2)
+    path = atomic_write(state_dir / STATE_FILE, lambda f: f.write(text.encode("utf-8")))
     _fsync_dir(state_dir)
     return path
 
@@ -98,8 +88,7 @@ def _move_aside(path: Path, problem: str) -> None:
         copy += 1
         aside = path.with_name(f"{path.name}.corrupt-{stamp}-{copy}")
     os.replace(path, aside)
-    log.warning("state file %s %s; moved it to %s and starting with no apps",
-                path, problem, aside)
+    log.warning("state file %s %s; moved it to %s and starting with no apps", path, problem, aside)
 
 
 def _fsync_dir(directory: Path) -> None:
