@@ -15,6 +15,10 @@ switches the one with the largest cost reduction per resource taken goes first, 
 resource being extra bytes / M_max + extra units / U (units after the re-split); switches
 taking neither rank first. Ties: larger reduction, then lower app and descendant indices.
 A sweep costs O(n * D * U) for (b) and O(n^2 * D^2 * U) for (c).
+A switch (or pair) is taken only if it lowers the total of the re-split plan, evaluated the
+same way for every plan, by more than 1e-12 relative: the vectorised estimates only rank the
+candidates (a no-op could look like a 1e-11 gain and be taken forever). The total strictly
+falls at each move, so no plan recurs and greedy ends; a move bound warns as a safety net.
 
 MinMaxCost moves: the worst app (ties: lowest index) switches descendant and/or takes t
 units -- from the pool first, then the other apps' cheapest units -- as long as every other
@@ -26,6 +30,8 @@ MinTotalCost moves follow, restricted to plans whose every cost stays <= that ma
 from __future__ import annotations
 
 import itertools
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,62 +40,145 @@ from scheduler.cost import Tables
 from scheduler.exact import Plan
 
 _GAIN_EPS = 1e-12
+_log = logging.getLogger(__name__)
 
 
-def greedy_min_total(tables: Tables, start: list[int], cap: float = np.inf) -> Plan:
-    """MinTotalCost moves from descendants `start`, every cost kept <= cap."""
+def greedy_min_total(
+    tables: Tables, start: list[int], cap: float = np.inf, max_moves: int | None = None
+) -> Plan:
+    """MinTotalCost moves from descendants `start`, every cost kept <= cap.
+
+    A move is taken only if it lowers the objective of the re-split plan, as `_Splitter.total`
+    computes it, by more than `_accept_tol`; the vectorised estimates only rank the moves
+    (their sums cancel in a different order, so a no-op can look like a 1e-11 gain). The
+    objective being a function of the descendants alone, it strictly falls at every move and
+    no plan comes back: the loop ends. `max_moves` (default `_move_limit`) is a safety net on
+    top of that; reaching it logs a warning and returns the current (feasible) plan.
+    """
     split = _Splitter(tables, cap)
     desc = np.array(start, dtype=np.int64)
     memory = np.stack([_padded(m, split.width, 0) for m in tables.memory])
     rows = np.arange(tables.n_apps)
     pairs = np.array(list(itertools.combinations(rows, 2)), dtype=np.int64).reshape(-1, 2)
-    while True:
+    limit = _move_limit(tables) if max_moves is None else max_moves
+    objective = split.total(desc)
+    for _ in range(limit):
         now = memory[rows, desc]
         after, units = split.cost_after_switch(desc)
-        current, held = float(after[0, desc[0]]), units[rows, desc]
+        held = units[rows, desc]
         extra = (memory - now[:, None], units - held[:, None])
-        move = _best(current - after, extra, int(now.sum()), tables)
-        if move is not None:
-            i, d = move
-            desc[i] = d
-            continue
-        i, j = pairs[:, 0], pairs[:, 1]
-        after, units = split.cost_after_pairs(desc, pairs)
-        extra = (
-            memory[i][:, :, None] + memory[j][:, None, :] - (now[i] + now[j])[:, None, None],
-            units - (held[i] + held[j])[:, None, None],
-        )
-        move = _best(current - after, extra, int(now.sum()), tables)
+        same = np.arange(split.width)[None, :] == desc[:, None]
+        gain = np.where(same, -np.inf, objective - after)
+        move = _take(gain, extra, int(now.sum()), tables, split, desc, objective, _switch)
+        if move is None:
+            i, j = pairs[:, 0], pairs[:, 1]
+            after, units = split.cost_after_pairs(desc, pairs)
+            extra = (
+                memory[i][:, :, None] + memory[j][:, None, :] - (now[i] + now[j])[:, None, None],
+                units - (held[i] + held[j])[:, None, None],
+            )
+            # Pairs in which an app keeps its descendant are single switches, tried above.
+            keeps = (np.arange(split.width)[None, :] == desc[i][:, None])[:, :, None] | (
+                np.arange(split.width)[None, :] == desc[j][:, None]
+            )[:, None, :]
+            gain = np.where(keeps, -np.inf, objective - after)
+            move = _take(
+                gain, extra, int(now.sum()), tables, split, desc, objective, _pair_switch(pairs)
+            )
         if move is None:
             return split.plan(desc)
+        desc, objective = move
+    _log.warning(
+        "greedy MinTotalCost stopped after %d moves without converging (%d apps, %d units); "
+        "returning the current plan",
+        limit,
+        tables.n_apps,
+        tables.units,
+    )
+    return split.plan(desc)
+
+
+def _move_limit(tables: Tables) -> int:
+    """Safety bound on greedy moves: far above what converging runs take."""
+    return 100 * tables.n_apps * max(tables.widths, default=1) + 1000
+
+
+def _accept_tol(objective: float) -> float:
+    """Least decrease of the objective that counts as an improvement."""
+    return _GAIN_EPS * max(1.0, abs(objective))
+
+
+def _switch(desc: np.ndarray, move: tuple[int, ...]) -> np.ndarray:
+    """Descendants after app move[0] switches to move[1]."""
+    i, d = move
+    new = desc.copy()
+    new[i] = d
+    return new
+
+
+def _pair_switch(pairs: np.ndarray) -> Callable[[np.ndarray, tuple[int, ...]], np.ndarray]:
+    """Descendants after apps pairs[move[0]] switch to move[1] and move[2]."""
+
+    def apply(desc: np.ndarray, move: tuple[int, ...]) -> np.ndarray:
         p, a, b = move
-        desc[pairs[p, 0]], desc[pairs[p, 1]] = a, b
+        new = desc.copy()
+        new[pairs[p, 0]], new[pairs[p, 1]] = a, b
+        return new
+
+    return apply
 
 
-def _best(
-    gain: np.ndarray, extra: tuple[np.ndarray, np.ndarray], used: int, tables: Tables
-) -> tuple[int, ...] | None:
-    """Index of the best move: the largest gain per resource it takes.
+def _take(
+    gain: np.ndarray,
+    extra: tuple[np.ndarray, np.ndarray],
+    used: int,
+    tables: Tables,
+    split: _Splitter,
+    desc: np.ndarray,
+    objective: float,
+    apply: Callable[[np.ndarray, tuple[int, ...]], np.ndarray],
+) -> tuple[np.ndarray, float] | None:
+    """The best-ranked move that truly lowers the objective: (new descendants, objective).
 
-    The resource is the extra bytes as a fraction of the budget plus the extra units (after
-    the re-split) as a fraction of the processor; moves taking neither rank first. Ties go
-    to the larger gain, then the lowest index. None when no move fits the budget and lowers
-    the cost.
+    Candidates go in `_ranked` order; each is re-evaluated with `split.total` and taken only
+    if it beats `objective` by more than `_accept_tol` (estimates within float noise of zero
+    are rejected here). None when no candidate does.
+    """
+    tol = _accept_tol(objective)
+    for move in _ranked(gain, extra, used, tables, tol):
+        new = apply(desc, move)
+        value = split.total(new)
+        if value < objective - tol:
+            return new, value
+    return None
+
+
+def _ranked(
+    gain: np.ndarray,
+    extra: tuple[np.ndarray, np.ndarray],
+    used: int,
+    tables: Tables,
+    tol: float,
+) -> Iterator[tuple[int, ...]]:
+    """Indices of the moves that fit the budget and gain more than `tol`, best first.
+
+    Best is the largest gain per resource taken: the extra bytes as a fraction of the budget
+    plus the extra units (after the re-split) as a fraction of the processor; moves taking
+    neither rank first. Ties go to the larger gain, then the lowest index.
     """
     extra_bytes, extra_units = extra
-    finite = gain[np.isfinite(gain)]
-    scale = max(1.0, float(np.abs(finite).max())) if len(finite) else 1.0
-    ok = (used + extra_bytes <= tables.budget) & (gain > _GAIN_EPS * scale)
+    ok = (used + extra_bytes <= tables.budget) & np.isfinite(gain) & (gain > tol)
     if not ok.any():
-        return None
+        return
     resource = np.maximum(extra_bytes, 0) / max(tables.budget, 1) + (
         np.maximum(extra_units, 0) / tables.units
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         score = np.where(resource > 0, gain / resource, np.inf)
-    score = np.where(ok, score, -np.inf)
-    best = int(np.lexsort((np.arange(gain.size), -gain.ravel(), -score.ravel()))[0])
-    return tuple(int(x) for x in np.unravel_index(best, gain.shape))
+    flat = np.flatnonzero(ok)
+    order = np.lexsort((flat, -gain.ravel()[flat], -score.ravel()[flat]))
+    for best in flat[order]:
+        yield tuple(int(x) for x in np.unravel_index(best, gain.shape))
 
 
 def _padded(row: np.ndarray, width: int, fill: float) -> np.ndarray:
@@ -109,6 +198,7 @@ class _Splitter:
     def __init__(self, tables: Tables, cap: float) -> None:
         n, units = tables.n_apps, tables.units
         self.units = units
+        self.costs = tables.cost
         self.width = max(t.shape[0] for t in tables.cost)
         self.base = np.full((n, self.width), units + 1, dtype=np.int64)
         self.base_cost = np.full((n, self.width), np.inf)
@@ -194,6 +284,17 @@ class _Splitter:
         units = self.base[i][:, :, None] + self.base[j][:, None, :] + taken
         return np.where(np.isfinite(total), total, np.inf), units
 
+    def total(self, desc: np.ndarray) -> float:
+        """Total cost of `plan(desc)`, summed in app order (inf if the bases do not fit).
+
+        The objective the moves must lower: a function of the descendants alone, the same
+        for the same descendants however it is reached.
+        """
+        plan = self.plan(desc)
+        if sum(k for _, k in plan) > self.units:
+            return np.inf
+        return float(sum(float(self.costs[i][d, k - 1]) for i, (d, k) in enumerate(plan)))
+
     def plan(self, desc: np.ndarray) -> Plan:
         """The split itself: base units plus the positive gains among the largest free ones."""
         n = len(desc)
@@ -206,14 +307,29 @@ class _Splitter:
         return tuple((int(d), int(k)) for d, k in zip(desc, units, strict=True))
 
 
-def greedy_min_max(tables: Tables, start: list[int]) -> Plan:
-    """MinMaxCost moves of the worst app, then MinTotalCost moves under the maximum reached."""
+def greedy_min_max(tables: Tables, start: list[int], max_moves: int | None = None) -> Plan:
+    """MinMaxCost moves of the worst app, then MinTotalCost moves under the maximum reached.
+
+    Each worst-app move lowers the sorted (descending) cost vector lexicographically -- the
+    worst app drops, apps tied with it keep their cost, donors stay strictly below it -- so
+    the first phase ends; `max_moves` bounds each phase as a safety net (with a warning).
+    """
     state = _WorstFirst(tables, start)
-    while state.improve_worst():
-        pass
+    limit = _move_limit(tables) if max_moves is None else max_moves
+    for _ in range(limit):
+        if not state.improve_worst():
+            break
+    else:
+        _log.warning(
+            "greedy MinMaxCost stopped after %d worst-app moves without converging "
+            "(%d apps, %d units); continuing from the current plan",
+            limit,
+            tables.n_apps,
+            tables.units,
+        )
     plan = state.plan()
     worst = max(tables.cost[i][d, k - 1] for i, (d, k) in enumerate(plan))
-    return greedy_min_total(tables, [d for d, _ in plan], cap=worst)
+    return greedy_min_total(tables, [d for d, _ in plan], cap=worst, max_moves=max_moves)
 
 
 @dataclass
