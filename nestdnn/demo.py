@@ -23,7 +23,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from nestdnn.errors import NestError
+from nestdnn.pipeline import PipelineDirs, PipelinePlan, pipeline_stages
 
 log = logging.getLogger(__name__)
 
@@ -39,52 +39,49 @@ FASHION_MNIST_FILE = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-u
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """What the offline half trains and how hard: sized to finish in the demo's budget."""
+    """The offline pipeline, sized to finish in the demo's budget, and the scenario's pace."""
 
-    model_name: str
-    arch: str
-    width_mult: float
-    data_args: list[str]
-    train_epochs: float
-    prune_ratio: float
-    prune_retrain_epochs: float
-    prune_max_steps: int
-    accuracy_drop: float  # the seed may lose this much validation accuracy vs vanilla
-    descendants: int
-    epochs_per_level: float
-    profile_runs: int
+    pipeline: PipelinePlan
     window_s: float  # how long apps stream frames after every event
+
+    @property
+    def model_name(self) -> str:
+        return self.pipeline.name
 
 
 FULL = DemoPlan(
-    model_name="fmnist-vgg16",
-    arch="vgg16",
-    width_mult=0.25,
-    data_args=["--dataset", "fashion-mnist"],
-    train_epochs=2,
-    prune_ratio=0.2,
-    prune_retrain_epochs=0.1,
-    prune_max_steps=4,
-    accuracy_drop=0.03,
-    descendants=4,
-    epochs_per_level=0.2,
-    profile_runs=50,
+    PipelinePlan(
+        name="fmnist-vgg16",
+        arch="vgg16",
+        width_mult=0.25,
+        data_args=("--dataset", "fashion-mnist"),
+        train_epochs=2,
+        prune_ratio=0.2,
+        prune_retrain_epochs=0.1,
+        prune_max_steps=4,
+        accuracy_drop=0.03,
+        descendants=4,
+        epochs_per_level=0.2,
+        profile_runs=50,
+    ),
     window_s=4.0,
 )
 
 QUICK = DemoPlan(
-    model_name="synthetic-vgg11",
-    arch="vgg11",
-    width_mult=0.25,
-    data_args=["--dataset", "synthetic", "--synthetic-samples", "1200", "--input-size", "16"],
-    train_epochs=6,
-    prune_ratio=0.2,
-    prune_retrain_epochs=1,
-    prune_max_steps=3,
-    accuracy_drop=0.15,
-    descendants=3,
-    epochs_per_level=0.5,
-    profile_runs=20,
+    PipelinePlan(
+        name="synthetic-vgg11",
+        arch="vgg11",
+        width_mult=0.25,
+        data_args=("--dataset", "synthetic", "--synthetic-samples", "1200", "--input-size", "16"),
+        train_epochs=6,
+        prune_ratio=0.2,
+        prune_retrain_epochs=1,
+        prune_max_steps=3,
+        accuracy_drop=0.15,
+        descendants=3,
+        epochs_per_level=0.5,
+        profile_runs=20,
+    ),
     window_s=1.5,
 )
 
@@ -187,118 +184,25 @@ def ensure_fashion_mnist() -> None:
 
 def run_offline(plan: DemoPlan, root: Path) -> Path:
     """Train, prune, recover and profile, reusing valid artifacts; returns the models dir."""
-    train_dir, prune_dir, models_dir = root / "train", root / "prune", root / "models"
-    nest = models_dir / f"{plan.model_name}.nest"
-    profile = models_dir / f"{plan.model_name}.profile.json"
-    models_dir.mkdir(parents=True, exist_ok=True)
-    run_stage(
-        "train",
-        train_dir / "train.json",
-        [
-            "train",
-            "--arch",
-            plan.arch,
-            "--width-mult",
-            str(plan.width_mult),
-            *plan.data_args,
-            "--epochs",
-            str(plan.train_epochs),
-            "--out",
-            str(train_dir),
-        ],
-    )
-    vanilla_val = json.loads((train_dir / "train.json").read_text())["val_accuracy"]
-    min_accuracy = round(max(0.0, vanilla_val - plan.accuracy_drop), 4)
-    run_stage(
-        "prune",
-        prune_dir / "seed.pt",
-        [
-            "prune",
-            "--model",
-            str(train_dir / "vanilla.pt"),
-            *_dataset_only(plan.data_args),
-            "--criterion",
-            "trr",
-            "--min-accuracy",
-            str(min_accuracy),
-            "--ratio",
-            str(plan.prune_ratio),
-            "--retrain-epochs",
-            str(plan.prune_retrain_epochs),
-            "--max-steps",
-            str(plan.prune_max_steps),
-            "--out",
-            str(prune_dir),
-        ],
-    )
-    steps = len(json.loads((prune_dir / "roadmap.json").read_text())["steps"])
-    run_stage(
-        "recover",
-        nest,
-        [
-            "recover",
-            "--prune-dir",
-            str(prune_dir),
-            "--descendants",
-            str(min(plan.descendants, steps)),
-            "--epochs-per-level",
-            str(plan.epochs_per_level),
-            "--out",
-            str(nest),
-        ],
-    )
-    run_stage(
-        "profile",
-        profile,
-        [
-            "profile",
-            str(nest),
-            *_dataset_only(plan.data_args),
-            "--backends",
-            "torch",
-            "--threads",
-            "1",
-            "--runs",
-            str(plan.profile_runs),
-            "--out",
-            str(profile),
-            "--plot",
-            str(root / f"{plan.model_name}.profile.png"),
-        ],
-        valid=lambda: _profile_matches(profile, nest),
-    )
-    return models_dir
-
-
-def _dataset_only(data_args: list[str]) -> list[str]:
-    """Later stages take the data set's shape from the checkpoint; keep only its name."""
-    return data_args[:2]
-
-
-def run_stage(
-    name: str, output: Path, argv: list[str], valid: Callable[[], bool] | None = None
-) -> None:
-    """Run one CLI stage unless its output exists (and passes ``valid``)."""
     from nestdnn.cli import main
 
-    if output.exists() and (valid is None or valid()):
-        print(f"[{name}] reusing {output}")
-        return
-    print(f"\n[{name}] $ nestdnn {' '.join(argv)}", flush=True)
-    code = main(argv)
-    if code != 0 or not output.exists():
-        raise NestError(f"demo stage '{name}' failed (exit {code}); rerun to resume it")
+    dirs = demo_dirs(plan, root)
+    dirs.models.mkdir(parents=True, exist_ok=True)
+    for stage in pipeline_stages(plan.pipeline, dirs):
+        if stage.done():
+            print(f"[{stage.name}] reusing {stage.output}")
+            continue
+        argv = stage.command()
+        print(f"\n[{stage.name}] $ nestdnn {' '.join(argv)}", flush=True)
+        code = main(argv)
+        if code != 0 or not stage.output.exists():
+            raise NestError(f"demo stage '{stage.name}' failed (exit {code}); rerun to resume it")
+    return dirs.models
 
 
-def _profile_matches(profile: Path, nest: Path) -> bool:
-    """A profile is reusable only if it was measured on this exact .nest file."""
-    from profiles.nestinfo import file_sha256
-    from profiles.schema import load_profile
-
-    try:
-        return load_profile(profile).model.sha256 == file_sha256(nest)
-    except NestError:
-        return False
+def demo_dirs(plan: DemoPlan, root: Path) -> PipelineDirs:
+    """The demo keeps one app's pipeline directly under its root."""
+    return PipelineDirs(root, root / "models", plan.pipeline.name)
 
 
 def memory_budget(models_dir: Path, plan: DemoPlan) -> int:
