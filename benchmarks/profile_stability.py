@@ -48,6 +48,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--name", help="result name (default: profile_stability[_quick])")
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR,
+                        help="where NAME.json and the repeats' profiles go (default: %(default)s)")
     parser.add_argument("--one-run", type=Path, help=argparse.SUPPRESS)  # a repeat's worker
     args = parser.parse_args()
     if (args.model is None) == (not args.quick):
@@ -153,7 +155,7 @@ def main() -> int:
         )
         return 0
     name = args.name or ("profile_stability_quick" if args.quick else "profile_stability")
-    work = OUT_DIR / name
+    work = args.out_dir / name
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or write_synthetic_nest(Path(tmp) / "synthetic.nest")
@@ -177,7 +179,7 @@ def main() -> int:
         "goal": GOAL,
         **summary,
     }
-    out = OUT_DIR / f"{name}.json"
+    out = args.out_dir / f"{name}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(profiles[0]))
     print()

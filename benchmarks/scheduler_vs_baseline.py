@@ -9,9 +9,9 @@ curve; against the baseline's point we report the FPS ratio at the baseline's ac
 the accuracy gain at the baseline's FPS (interpolated on the curve; paper: 2.0x and +4.2 %).
 
 Profiles: synthetic (`scheduler.synthetic.synthetic_pool`, said so in the output) unless
---profiles gives JSON files holding a list of apps in the scheduler.App format (or a
-problem file's {"apps": [...]}). Profiles measured from real .nest files plug in here once
-the profiles package can turn them into apps.
+--models names a models directory (every NAME.nest + NAME.profile.json pair becomes one app
+with its measured profile) or --profiles gives JSON files holding a list of apps in the
+scheduler.App format (or a problem file's {"apps": [...]}).
 
 Prints a table and writes runs/benchmarks/scheduler_vs_baseline.{json,png}.
     .venv/bin/python benchmarks/scheduler_vs_baseline.py [--traces 5] [--duration 1800]
@@ -32,6 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nestdnn.errors import NestError
+from profiles.schema import Backend
+from scheduler.catalogue import ModelCatalogue
 from scheduler.cli import load_pool
 from scheduler.problem import App, Policy
 from scheduler.simulate import SimulationResult, SwapModel, Trace, random_trace, simulate
@@ -177,9 +180,26 @@ def pool_from(paths: list[str]) -> list[App]:
     return [a.model_copy(update={"name": f"{a.name}.{i}"}) for i, a in enumerate(pool)]
 
 
+def pool_from_models(models_dir: str, backend: Backend) -> list[App]:
+    """One app per servable model of a models directory (its measured profile), 30 fps."""
+    catalogue = ModelCatalogue.load(models_dir)
+    if not catalogue.entries:
+        raise NestError(f"no servable model in {models_dir}")
+    return [
+        App(name=name, target_latency_s=1 / 30, descendants=entry.descendants(backend))
+        for name, entry in sorted(catalogue.entries.items())
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--profiles", nargs="*", help="JSON files with lists of apps")
+    source_group = parser.add_mutually_exclusive_group()
+    source_group.add_argument("--profiles", nargs="*", help="JSON files with lists of apps")
+    source_group.add_argument(
+        "--models", help="a models directory (NAME.nest + NAME.profile.json): its measured profiles"
+    )
+    parser.add_argument("--backend", choices=("torch", "tflite"), default="torch",
+                        help="whose latencies to use with --models")
     parser.add_argument("--traces", type=int, default=5, help="random traces (seeds 0..N-1)")
     parser.add_argument("--duration", type=float, default=1800.0, help="seconds per trace")
     parser.add_argument("--arrival-rate", type=float, default=1 / 30, help="apps per second")
@@ -196,8 +216,18 @@ def main() -> int:
     parser.add_argument("--out", default="runs/benchmarks/scheduler_vs_baseline")
     args = parser.parse_args()
 
-    pool = pool_from(args.profiles) if args.profiles else synthetic_pool()
-    source = f"profiles from {', '.join(args.profiles)}" if args.profiles else "synthetic profiles"
+    if args.models:
+        try:
+            pool = pool_from_models(args.models, args.backend)
+        except NestError as e:
+            print(f"scheduler_vs_baseline: error: {e}", file=sys.stderr)
+            return 2
+        source = f"measured {args.backend} profiles of {args.models}"
+    elif args.profiles:
+        pool = pool_from(args.profiles)
+        source = f"profiles from {', '.join(args.profiles)}"
+    else:
+        pool, source = synthetic_pool(), "synthetic profiles"
     largest = statistics.fmean(max(d.memory_bytes for d in a.descendants) for a in pool)
     budget = int(args.budget_mb * 1e6) if args.budget_mb else int(0.5 * args.max_apps * largest)
     swap = SwapModel(args.swap_bandwidth, args.swap_period)
