@@ -119,8 +119,10 @@ def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def level_of(name: str) -> int:
-    """The level a stored tensor belongs to: ``key#j.rows`` / ``key#j.cols`` / ``key@k``."""
-    return int(name.rsplit("@", 1)[1]) if "@" in name else int(name.rsplit("#", 1)[1][0])
+    """The level a stored tensor belongs to: ``key#j.rows`` / ``key#j.cols`` / ``@k.dtype``."""
+    if name.startswith("@"):
+        return int(name[1:].split(".")[0])
+    return int(name.rsplit("#", 1)[1].split(".")[0])
 
 
 @pytest.fixture
@@ -165,7 +167,7 @@ def test_smaller_descendants_are_exact_slices_of_larger(
 def test_manifest_records_what_was_written(nest: tuple[Path, list[NestDescendant]]) -> None:
     path, descendants = nest
     manifest = read_manifest(path)
-    assert manifest.format_version == 1
+    assert manifest.format_version == 2
     assert manifest.dataset == "synthetic" and manifest.extra == {"origin": "test"}
     assert manifest.class_names == [f"class{i}" for i in range(NUM_CLASSES)]
     assert len(manifest.normalization.mean) == descendants[0].config.in_channels
@@ -203,6 +205,48 @@ def test_a_missing_descendant_is_a_clear_error(vgg_nest: tuple[Path, list[NestDe
         load_descendant(path, 3)
     with pytest.raises(NestError, match="no descendant -1"):
         NestedModel.open(path, -1)
+
+
+# ------------------------------------------------------------------ packed per-descendant
+
+
+def test_per_descendant_tensors_are_packed_one_tensor_per_dtype(
+    nest: tuple[Path, list[NestDescendant]],
+) -> None:
+    """``@k.float32`` / ``@k.int64``: descendant k's < 2-dim tensors, flat, in state_dict order."""
+    path, descendants = nest
+    with safe_open(str(path), framework="pt") as f:
+        names = set(f.keys())
+        packed = {name: f.get_tensor(name) for name in names if name.startswith("@")}
+    assert all("#" in name for name in names - set(packed))
+    for k, descendant in enumerate(descendants):
+        assert {n for n in packed if level_of(n) == k} == {f"@{k}.float32", f"@{k}.int64"}
+        for dtype in (torch.float32, torch.int64):
+            own = [
+                t.reshape(-1)
+                for t in descendant.state_dict.values()
+                if t.dim() < 2 and t.dtype == dtype
+            ]
+            name = f"@{k}.{str(dtype).removeprefix('torch.')}"
+            assert bitwise_equal(packed[name], torch.cat(own))
+
+
+def _own_storages(module: torch.nn.Module) -> set[tuple[torch.dtype, int]]:
+    """The distinct storages behind a module's per-descendant (< 2-dim) tensors."""
+    own = [t for t in module.state_dict().values() if t.dim() < 2]
+    return {(t.dtype, t.untyped_storage().data_ptr()) for t in own}
+
+
+def test_per_descendant_tensors_load_as_views_of_one_copy_per_dtype(
+    vgg_nest: tuple[Path, list[NestDescendant]],
+) -> None:
+    path, _ = vgg_nest
+    assert len(_own_storages(load_descendant(path, 1))) == 2
+    with NestedModel.open(path, 2) as handle:
+        for k in (0, 1, 2):  # downgrades, then upgrades
+            handle.switch(k)
+            assert len(_own_storages(handle.module)) == 2
+            assert handle.resident_bytes == handle.manifest.descendants[k].bytes
 
 
 # --------------------------------------------------------------------------- partial reads
@@ -499,7 +543,19 @@ def _reshape_block(t: dict[str, torch.Tensor]) -> None:
 
 
 def _drop_tensor(t: dict[str, torch.Tensor]) -> None:
-    del t["features.0.bias@1"]
+    del t["features.4.weight#1.rows"]
+
+
+def _drop_packed(t: dict[str, torch.Tensor]) -> None:
+    del t["@1.int64"]
+
+
+def _shorten_packed(t: dict[str, torch.Tensor]) -> None:
+    t["@1.float32"] = t["@1.float32"][:-1].clone()
+
+
+def _float_counters(t: dict[str, torch.Tensor]) -> None:
+    t["@1.int64"] = t["@1.int64"].float()
 
 
 def _add_tensor(t: dict[str, torch.Tensor]) -> None:
@@ -535,7 +591,11 @@ BAD_FILES: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     ),
     "future version": (
         lambda s, d: _rewrite(s, d, manifest=lambda m: {**m, "format_version": 9}),
-        r"format version 9 is not supported \(this nestdnn reads 1\)",
+        r"format version 9 is not supported \(this nestdnn reads 2\)",
+    ),
+    "format version 1": (
+        lambda s, d: _rewrite(s, d, manifest=lambda m: {**m, "format_version": 1}),
+        r"format version 1 is no longer supported .*; re-run `nestdnn recover` to rebuild",
     ),
     "missing key": (
         lambda s, d: _rewrite(
@@ -575,7 +635,20 @@ BAD_FILES: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     ),
     "missing tensor": (
         lambda s, d: _rewrite(s, d, tensors=_drop_tensor),
-        r"missing tensor 'features\.0\.bias@1'",
+        r"missing tensor 'features\.4\.weight#1\.rows'",
+    ),
+    "missing packed tensor": (
+        lambda s, d: _rewrite(s, d, tensors=_drop_packed),
+        r"missing tensor '@1\.int64'",
+    ),
+    "short packed tensor": (
+        lambda s, d: _rewrite(s, d, tensors=_shorten_packed),
+        r"packed tensor '@1\.float32' has shape \((\d+),\), expected \((?!\1,)\d+,\):"
+        r" the \d+ torch\.float32 per-descendant tensors of descendant 1",
+    ),
+    "packed dtype": (
+        lambda s, d: _rewrite(s, d, tensors=_float_counters),
+        r"tensor '@1\.int64' has dtype F32, expected I64",
     ),
     "extra tensor": (
         lambda s, d: _rewrite(s, d, tensors=_add_tensor),
