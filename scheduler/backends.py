@@ -2,12 +2,17 @@
 
 ``torch``: the descendant lives in a `NestedModel` handle; switching to another descendant of
 the same model reads only the levels that differ (upgrade) or slices (downgrade), in place.
+The backend opens (validates, maps) every ``.nest`` file once and keeps that reader, with
+its per-level model skeletons, for all loads of the file: a cold load then only copies the
+descendant's tensors out of the mapping (measured: 1-10 ms instead of 60-130 ms for the
+synthetic VGG-16/ResNet-20/VGG-11 models, where rebuilding the skeletons dominated).
 ``tflite``: every descendant is its own flatbuffer, exported once from the ``.nest`` file and
 cached on disk; a switch loads the other flatbuffer. Its memory is the flatbuffer's size.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -15,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nestdnn.nestfile import NestedModel
+from nestdnn.nestfile import NestedModel, _NestReader
 from profiles.tflite import converted_descendants, tflite_interpreter_class
 from scheduler.catalogue import CatalogueEntry
 from scheduler.problem import Descendant
@@ -61,6 +66,10 @@ class Backend(ABC):
     def prepare(self, entries: list[CatalogueEntry]) -> None:
         """Make every descendant of ``entries`` loadable (raises a clear error if it cannot)."""
 
+    def close(self) -> None:
+        """Release what the backend holds for loading (models already loaded keep working)."""
+        return
+
 
 def softmax_list(logits: Tensor) -> list[float]:
     """Probabilities of a (1, classes) logit row as plain floats."""
@@ -71,7 +80,12 @@ def softmax_list(logits: Tensor) -> list[float]:
 
 
 class TorchModel(LoadedModel):
-    """A descendant held by the nested handle; upgrades read only the added levels."""
+    """A descendant held by the nested handle; upgrades read only the added levels.
+
+    The handle reads from the backend's shared reader of the file, so closing the model
+    only drops the handle's tensors (when the model is dropped); the file stays open for
+    the next load.
+    """
 
     switches_in_place = True
 
@@ -89,24 +103,47 @@ class TorchModel(LoadedModel):
     def switch_in_place(self, descendant: int) -> None:
         self._handle.switch(descendant)
 
-    def close(self) -> None:
-        self._handle.close()
-
 
 class TorchBackend(Backend):
-    """PyTorch eager on the nested handle; memory = the descendant's fp32 weight bytes."""
+    """PyTorch eager on the nested handle; memory = the descendant's fp32 weight bytes.
+
+    One validated reader per file, opened by `prepare` (or at the first load) and kept until
+    `close`: it maps the file (page cache, not resident model bytes, so not in the ledger)
+    and holds the models' skeletons on the meta device (no tensor storage). The reader keeps
+    the file it opened even if the path is replaced later: the daemon serves the file its
+    catalogue validated.
+    """
 
     name = "torch"
 
+    def __init__(self) -> None:
+        self._readers: dict[Path, _NestReader] = {}
+        self._lock = threading.Lock()
+
     def prepare(self, entries: list[CatalogueEntry]) -> None:
-        """Nothing to prepare: the handle reads descendants from the .nest file on demand."""
-        return
+        """Open (validate and map) every model's file once, before any load."""
+        for entry in entries:
+            self._reader(entry.nest_path)
 
     def descendants(self, entry: CatalogueEntry) -> list[Descendant]:
         return entry.descendants("torch")
 
     def open(self, entry: CatalogueEntry, descendant: int) -> LoadedModel:
-        return TorchModel(NestedModel.open(entry.nest_path, descendant))
+        return TorchModel(NestedModel(self._reader(entry.nest_path), descendant))
+
+    def close(self) -> None:
+        """Close every file; loaded models keep their tensors but can no longer switch."""
+        with self._lock:
+            readers, self._readers = list(self._readers.values()), {}
+        for reader in readers:
+            reader.close()
+
+    def _reader(self, path: Path) -> _NestReader:
+        with self._lock:
+            reader = self._readers.get(path)
+            if reader is None or reader.closed:
+                reader = self._readers[path] = _NestReader(path)
+            return reader
 
 
 # ----------------------------------------------------------------------------------- tflite

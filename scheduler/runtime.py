@@ -121,13 +121,14 @@ class Runtime:
                  self.settings.threads, len(self._committed.apps))
 
     def stop(self) -> None:
-        """Let the job in flight finish, drop queued frames and persist the state."""
+        """Let the job in flight finish, drop queued frames, persist the state, close files."""
         with self._events:
             if not self._running:
                 return
             self._running, self._stopped = False, True
             self._executor.stop()
             self._persist()
+            self._backend.close()
 
     def _prepare_backend(self) -> None:
         """Make every catalogue model loadable on the backend; those that cannot are rejected."""

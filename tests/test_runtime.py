@@ -184,6 +184,48 @@ def test_a_shrinking_budget_keeps_the_old_limit_until_the_downgrades_are_done(
     assert manager.accounted_bytes == small
 
 
+def test_the_torch_backend_validates_each_file_once_and_loads_from_it_many_times(
+    catalogue: ModelCatalogue, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cold loads reuse the file's validated reader (its skeletons built once); closing a
+    model keeps the file open for the next load; closing the backend closes the files but
+    loaded models keep predicting."""
+    import scheduler.backends as backends
+
+    cam = catalogue.entries["cam"]
+    frame = frame_for(catalogue, "cam")
+    expected = [TorchBackend().open(cam, k).predict(frame) for k in range(3)]
+    opened: list[Path] = []
+
+    class CountingReader(backends._NestReader):
+        def __init__(self, path: Path) -> None:
+            opened.append(Path(path))
+            super().__init__(path)
+
+    monkeypatch.setattr(backends, "_NestReader", CountingReader)
+    backend = TorchBackend()
+    backend.prepare(list(catalogue.entries.values()))
+    assert sorted(p.name for p in opened) == ["cam.nest", "mic.nest"]
+    models = []
+    for k in (0, 2, 1, 2, 0):
+        model = backend.open(cam, k)
+        assert model.descendant == k
+        assert model.predict(frame) == pytest.approx(expected[k])
+        model.close()
+        models.append(model)
+    grown = backend.open(cam, 0)
+    grown.switch_in_place(2)
+    assert grown.predict(frame) == pytest.approx(expected[2])
+    assert len(opened) == 2
+    backend.close()
+    assert models[1].predict(frame) == pytest.approx(expected[2])
+    with pytest.raises(NestError, match="closed"):
+        grown.switch_in_place(1)
+    assert backend.open(cam, 1).predict(frame) == pytest.approx(expected[1])  # reopened
+    assert len(opened) == 3
+    backend.close()
+
+
 def test_swapping_loads_on_demand_and_evicts_the_least_recently_used(
     catalogue: ModelCatalogue,
 ) -> None:
