@@ -511,7 +511,7 @@ class _NestReader:
         except NestError as e:
             self.close()
             raise NestError(f"{self.path}: {e}") from e
-        self._skeletons: dict[int, NestNet] = {0: reference}
+        self._templates: dict[int, _Template] = {0: _Template(reference)}
 
     def get_tensor(self, name: str) -> Tensor:
         """Read one stored tensor (a view of the file's mapping; copy it to keep it)."""
@@ -573,15 +573,16 @@ class _NestReader:
             tensors.update(packed.unpack(self.get_tensor(packed.name).clone()))
         return tensors
 
-    def skeleton(self, level: int) -> NestNet:
-        """Descendant ``level``'s model on the meta device (built once per reader)."""
-        if level not in self._skeletons:
-            self._skeletons[level] = _skeleton(self.manifest.config(level))
-        return self._skeletons[level]
+    def template(self, level: int) -> _Template:
+        """Descendant ``level``'s module template (its meta-device model, built once)."""
+        if level not in self._templates:
+            self._templates[level] = _Template(_skeleton(self.manifest.config(level)))
+        return self._templates[level]
 
     def module(self, level: int, state: Mapping[str, Tensor]) -> NestNet:
         """A dense eval-mode model of descendant ``level`` whose tensors are ``state``'s."""
-        return _instantiate(self.skeleton(level), state)
+        module: NestNet = self.template(level).fill(state)
+        return module
 
 
 @dataclass(frozen=True)
@@ -708,28 +709,94 @@ def _check_tensors(stored: Mapping[str, _Stored], layout: _Layout) -> None:
             raise NestError(f"tensor '{name}' has dtype {found_dtype}, expected {wanted}")
 
 
-def _instantiate(skeleton: M, state: Mapping[str, Tensor], prefix: str = "") -> M:
-    """A copy of a meta-device module tree whose parameters and buffers are ``state``'s.
+def _instantiate(skeleton: M, state: Mapping[str, Tensor]) -> M:
+    """A copy of a meta-device module tree whose parameters and buffers are ``state``'s."""
+    return _Template(skeleton).fill(state)
 
-    Much faster than building the model (no initialisation, no meta dispatch): a switch
-    costs about a millisecond of structure copying for a VGG-16. Containers (hooks, name
-    sets) are copied so the copy never shares mutable state with the skeleton.
+
+_TREE_ATTRS = frozenset({"_parameters", "_buffers", "_modules"})
+
+
+@dataclass(frozen=True)
+class _Node:
+    """One module of a template: its class, attributes and where its tensors come from."""
+
+    cls: type[nn.Module]
+    attrs: dict[str, Any]  # shared, immutable-in-practice values (sizes, flags, config)
+    containers: tuple[tuple[str, dict[Any, Any] | set[Any]], ...]  # copied per instance
+    params: tuple[tuple[str, str | None, bool], ...]  # name, state key (None: unset), grad
+    buffers: tuple[tuple[str, str | None], ...]
+    children: tuple[tuple[str, int | None], ...]  # name, index of the child's node
+
+
+class _Template:
+    """A meta-device module tree flattened once, so that each copy costs little to make.
+
+    ``fill`` makes a new module tree of the skeleton's classes and attributes whose
+    parameters and buffers are a state's tensors: no initialisation, no meta dispatch, no
+    recursion. Containers (hook dicts, name sets) are copied, so a copy never shares mutable
+    state with the skeleton or with another copy.
     """
-    module = object.__new__(type(skeleton))
-    attrs = {k: v.copy() if isinstance(v, dict | set) else v for k, v in vars(skeleton).items()}
-    attrs["_parameters"] = {
-        name: None if p is None else nn.Parameter(state[prefix + name], p.requires_grad)
-        for name, p in skeleton._parameters.items()
-    }
-    attrs["_buffers"] = {
-        name: None if b is None else state[prefix + name] for name, b in skeleton._buffers.items()
-    }
-    attrs["_modules"] = {
-        name: None if child is None else _instantiate(child, state, f"{prefix}{name}.")
-        for name, child in skeleton._modules.items()
-    }
-    vars(module).update(attrs)
-    return module
+
+    def __init__(self, skeleton: nn.Module) -> None:
+        self._nodes: list[_Node] = []
+        self._add(skeleton, "")
+
+    def _add(self, module: nn.Module, prefix: str) -> int:
+        """Add ``module``'s subtree, children first; return the index of its node."""
+        children = tuple(
+            (name, None if child is None else self._add(child, f"{prefix}{name}."))
+            for name, child in module._modules.items()
+        )
+        attrs = {k: v for k, v in vars(module).items() if k not in _TREE_ATTRS}
+        self._nodes.append(
+            _Node(
+                cls=type(module),
+                attrs={k: v for k, v in attrs.items() if not isinstance(v, dict | set)},
+                containers=tuple((k, v) for k, v in attrs.items() if isinstance(v, dict | set)),
+                params=tuple(
+                    (name, None if p is None else prefix + name, p is None or p.requires_grad)
+                    for name, p in module._parameters.items()
+                ),
+                buffers=tuple(
+                    (name, None if b is None else prefix + name)
+                    for name, b in module._buffers.items()
+                ),
+                children=children,
+            )
+        )
+        return len(self._nodes) - 1
+
+    def fill(self, state: Mapping[str, Tensor]) -> Any:
+        """A new module tree whose parameters and buffers are ``state``'s tensors."""
+        modules: list[nn.Module] = []
+        for node in self._nodes:
+            module = object.__new__(node.cls)
+            attrs = vars(module)
+            attrs.update(node.attrs)
+            for name, container in node.containers:
+                attrs[name] = container.copy()
+            # most modules hold no tensors or no children: skip the comprehensions for those
+            attrs["_parameters"] = (
+                {
+                    name: None if key is None else nn.Parameter(state[key], grad)
+                    for name, key, grad in node.params
+                }
+                if node.params
+                else {}
+            )
+            attrs["_buffers"] = (
+                {name: None if key is None else state[key] for name, key in node.buffers}
+                if node.buffers
+                else {}
+            )
+            attrs["_modules"] = (
+                {name: None if i is None else modules[i] for name, i in node.children}
+                if node.children
+                else {}
+            )
+            modules.append(module)
+        return modules[-1]
 
 
 # ------------------------------------------------------------------------- public reading
@@ -771,7 +838,7 @@ class NestedModel:
         self._lock = threading.Lock()
         level = reader.check_level(level)
         for k in range(reader.manifest.num_descendants):
-            reader.skeleton(k)  # built now, so that no switch pays for a model build
+            reader.template(k)  # built now, so that no switch pays for a model build
         self._resident = self._build(level, reader.state(level))
 
     @classmethod

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from nestdnn.errors import NestError
-from nestdnn.models import ModelConfig, build_model, prefix_state_dict
+from nestdnn.models import ModelConfig, build_from_config, build_model, prefix_state_dict
 from nestdnn.nestfile import (
     MANIFEST_KEY,
     NestDescendant,
@@ -348,6 +348,30 @@ def test_module_is_a_plain_dense_model(vgg_nest: tuple[Path, list[NestDescendant
         module.register_forward_hook(lambda *_: None)  # hooks stay local to this module
         handle.upgrade(2)
         assert not handle.module._forward_hooks
+
+
+def test_switched_modules_are_independent_copies_of_a_built_model(
+    vgg_nest: tuple[Path, list[NestDescendant]],
+) -> None:
+    """Each switch makes a new module tree: same classes and attributes as a built model, and
+    no container (hooks, name sets) shared with an earlier module of the same descendant."""
+    path, descendants = vgg_nest
+    with NestedModel.open(path, 2) as handle:
+        handle.switch(1)
+        first = handle.module
+        first.features[0].register_forward_hook(lambda *_: None)
+        handle.switch(0)
+        handle.switch(1)
+        second = handle.module
+        built = build_from_config(descendants[1].config).eval()
+        for a, b, ref in zip(first.modules(), second.modules(), built.modules(), strict=True):
+            assert type(a) is type(b) is type(ref)
+            assert set(vars(a)) == set(vars(b)) == set(vars(ref))
+            assert a is not b and a.training is b.training is False
+            for name, value in vars(ref).items():
+                if isinstance(value, dict | set):
+                    assert vars(a)[name] is not vars(b)[name], name
+        assert first.features[0]._forward_hooks and not second.features[0]._forward_hooks
 
 
 def test_modules_in_use_survive_switches(nest: tuple[Path, list[NestDescendant]]) -> None:
