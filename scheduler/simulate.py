@@ -20,6 +20,13 @@ Between two events the plan is constant, so every figure is integrated exactly:
   app's effective share is u * (1 - load fraction). This is the most favourable swapping any
   memory manager can achieve (it re-reads only the excess), so it flatters the baseline.
 
+That is the default, *fluid* model. ``simulate(..., runtime=RuntimeModel(...))`` instead
+replays what the daemon's executor and model manager do, frame by frame, with measured costs
+(`scheduler.replay`): per-app queues with drop-oldest, one weighted-fair worker that gives
+idle share to whoever has frames, loads and switches when a plan is applied, and, when the
+plan does not fit, on-demand loads with least-recently-used eviction before a frame. That
+model also predicts processor time (``Summary.cpu_s``) and the number of loads.
+
 A NestDNN policy re-solves at every event with the switch-aware `resolve`. Apps are
 admitted in start order; one that cannot join those before it (their smallest descendants
 would exceed the budget, or no share step is left) is *paused* -- no compute, no frames, no
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -49,6 +57,7 @@ from scheduler.problem import (
     read_json,
     validation_message,
 )
+from scheduler.replay import DescendantCosts, ExecutorReplay, PlannedLane, RuntimeModel
 from scheduler.solve import Tolerance, baseline, baseline_descendant, resolve
 
 log = logging.getLogger(__name__)
@@ -168,6 +177,11 @@ class SwapModel:
 
     bandwidth_bytes_per_s: float = 1e9
     period_s: float = 1.0 / 30.0
+    load_fixed_s: float = 0.0
+
+    def load_time(self, nbytes: int) -> float:
+        """Seconds to load ``nbytes`` of a descendant: a fixed cost plus bytes / bandwidth."""
+        return self.load_fixed_s + nbytes / self.bandwidth_bytes_per_s
 
     def load_fraction(self, excess_bytes: int) -> float:
         """Fraction of every round spent re-reading `excess_bytes` of swapped models."""
@@ -214,6 +228,12 @@ class Summary(BaseModel):
     paused_app_s: float
     resolves: int
     solve_time_s: float
+    model: Literal["fluid", "runtime"] = Field(
+        default="fluid", description="How frames were simulated (see scheduler.simulate).")
+    loads: int | None = Field(
+        default=None, description="Descendants loaded from storage (runtime model only).")
+    cpu_s: float | None = Field(
+        default=None, description="Processor seconds of the daemon (runtime model only).")
 
 
 class PlannedApp(BaseModel):
@@ -306,6 +326,7 @@ class _Simulator:
     budget: int = 0
     running: dict[str, _Running] = field(default_factory=dict)
     finished: list[_Running] = field(default_factory=list)
+    runtime: RuntimeModel | None = None
     plan: Solution | None = None
     timeline: list[Segment] = field(default_factory=list)
     busy_s: float = 0.0
@@ -313,10 +334,15 @@ class _Simulator:
     swapping_s: float = 0.0
     resolves: int = 0
     solve_time_s: float = 0.0
+    solve_cpu_s: float = 0.0
+    replay: ExecutorReplay | None = None
+    stopped: list[str] = field(default_factory=list)
 
     def run(self) -> SimulationResult:
         """Apply each time's events, re-plan, integrate until the next event time."""
         self.budget = self.trace.memory_budget_bytes
+        if self.runtime is not None:
+            self.replay = ExecutorReplay(self.runtime, self._profile_costs)
         groups = [(t, list(g)) for t, g in itertools.groupby(self.trace.events, _time)]
         if not groups or groups[0][0] > 0:
             groups.insert(0, (0.0, []))
@@ -324,10 +350,18 @@ class _Simulator:
         for (start, events), end in zip(groups, ends, strict=True):
             for event in events:
                 self._apply(event)
-            self._replan()
+            self._replan(start)
             if end > start:
                 self._integrate(start, end)
         return self._result()
+
+    def _profile_costs(self, app: App) -> list[DescendantCosts]:
+        """Costs of an app the runtime model has no measurements for: the profile's latency
+        as service and processor time, the swap model's load time."""
+        return [DescendantCosts(service_s=d.latency_s, cpu_s=d.latency_s,
+                                load_s=self.swap.load_time(d.memory_bytes),
+                                load_cpu_s=self.swap.load_time(d.memory_bytes))
+                for d in app.descendants]
 
     def _apply(self, event: Event) -> None:
         """Change the running set, an app's spec or the budget."""
@@ -337,6 +371,7 @@ class _Simulator:
             done = self.running.pop(event.name)
             done.stop_s = event.time_s
             self.finished.append(done)
+            self.stopped.append(event.name)
         elif isinstance(event, PriorityChange):
             app = self.running[event.name]
             app.app = app.app.model_copy(update={"priority": event.priority})
@@ -386,9 +421,11 @@ class _Simulator:
                 log.info("%s cannot be scheduled now; paused", app.app.name)
         return admitted
 
-    def _replan(self) -> None:
+    def _replan(self, now: float) -> None:
         """Solve for the admitted apps; the others are paused."""
+        cpu = time.thread_time()
         solution = self._solve(self._admitted())
+        self.solve_cpu_s += time.thread_time() - cpu
         self.resolves += 1
         self.solve_time_s += solution.solve_time_s
         assert solution.feasible, solution.reason
@@ -397,6 +434,13 @@ class _Simulator:
             new = chosen[app.app.name].descendant if app.app.name in chosen else None
             self._account_switch(app, new)
         self.plan = solution
+        if self.replay is not None:
+            planned = {name: PlannedLane(app.app, app, app.start_s, app.fps,
+                                         chosen[name].descendant, chosen[name].share)
+                       for name, app in self.running.items() if name in chosen}
+            self.replay.apply(now, planned, self.stopped, self.budget,
+                              swapping=solution.memory_used_bytes > self.budget)
+        self.stopped = []
 
     def _account_switch(self, app: _Running, new: int | None) -> None:
         """Count a switch (or a load) when an app's descendant changes."""
@@ -412,7 +456,8 @@ class _Simulator:
             loaded = max(0, new_bytes - app.app.descendants[old].memory_bytes)
             app.switches += 1
             app.switch_bytes += loaded
-        self.load_s += loaded / self.swap.bandwidth_bytes_per_s
+        if self.replay is None:
+            self.load_s += self.swap.load_time(loaded)
 
     def _integrate(self, start: float, end: float) -> None:
         """Add one constant-plan stretch to every running app's totals."""
@@ -421,14 +466,18 @@ class _Simulator:
         assert plan is not None
         assigned = {a.name: a for a in plan.apps}
         excess = max(0, plan.memory_used_bytes - self.budget)
-        lost = self.swap.load_fraction(excess)
+        lost = self.swap.load_fraction(excess) if self.replay is None else 0.0
         if excess > 0:
             self.swapping_s += span
         busy = lost
         planned = []
+        done_before = {name: app.frames_done for name, app in self.running.items()}
+        if self.replay is not None:
+            self.replay.run_until(end)
         for app in self.running.values():
-            app.frames_in += app.fps * span
             part = assigned.get(app.app.name)
+            if part is None or self.replay is None:  # the replay counts the frames it serves
+                app.frames_in += app.fps * span
             if part is None:
                 app.paused_s += span
                 planned.append(
@@ -439,10 +488,13 @@ class _Simulator:
                 continue
             desc = app.app.descendants[part.descendant]
             share = part.share * (1.0 - lost)
-            fps = min(share / desc.latency_s, app.fps) if share > 0 else 0.0
-            app.frames_done += fps * span
-            if share <= 0 or desc.latency_s / share > app.app.target_latency_s:
-                app.frames_late += fps * span
+            if self.replay is not None:
+                fps = (app.frames_done - done_before[app.app.name]) / span
+            else:
+                fps = min(share / desc.latency_s, app.fps) if share > 0 else 0.0
+                app.frames_done += fps * span
+                if share <= 0 or desc.latency_s / share > app.app.target_latency_s:
+                    app.frames_late += fps * span
             app.accuracy_s += desc.accuracy * span
             app.admitted_s += span
             busy += min(share, app.fps * desc.latency_s)
@@ -468,6 +520,10 @@ class _Simulator:
 
     def _result(self) -> SimulationResult:
         end = self.trace.duration_s
+        replay = self.replay
+        if replay is not None:
+            replay.apply(end, {}, list(replay.lanes), self.budget, swapping=False)
+            self.busy_s, self.load_s = replay.busy_s, replay.load_s
         everyone = sorted(self.finished + list(self.running.values()), key=lambda a: a.start_s)
         stats = [a.stats(end) for a in everyone]
         run = sum(s.run_s for s in stats)
@@ -488,6 +544,9 @@ class _Simulator:
             paused_app_s=sum(s.paused_s for s in stats),
             resolves=self.resolves,
             solve_time_s=self.solve_time_s,
+            model="fluid" if replay is None else "runtime",
+            loads=None if replay is None else replay.loads,
+            cpu_s=None if replay is None else replay.cpu_s + self.solve_cpu_s,
         )
         return SimulationResult(
             policy=self.policy,
@@ -507,10 +566,16 @@ def simulate(
     alpha: float = 1.0,
     tolerance: Tolerance | None = None,
     swap: SwapModel | None = None,
+    runtime: RuntimeModel | None = None,
 ) -> SimulationResult:
-    """Replay `trace` under a policy and integrate the figures (see the module docstring)."""
+    """Replay `trace` under a policy and integrate the figures (see the module docstring).
+
+    ``runtime``: replay the daemon's executor and model manager frame by frame with these
+    costs (`scheduler.replay`) instead of the fluid model.
+    """
     return _Simulator(
-        trace, policy, method, alpha, tolerance or Tolerance(), swap or SwapModel()
+        trace, policy, method, alpha, tolerance or Tolerance(), swap or SwapModel(),
+        runtime=runtime,
     ).run()
 
 

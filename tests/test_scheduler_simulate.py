@@ -9,6 +9,7 @@ import pytest
 
 from nestdnn.errors import NestError
 from scheduler import App, Descendant
+from scheduler.replay import DescendantCosts, RuntimeModel
 from scheduler.report import plot_simulation, simulation_table
 from scheduler.simulate import (
     AppStart,
@@ -231,3 +232,110 @@ def test_random_trace_figures_are_sane(policy: str, tmp_path: Path) -> None:
     assert table.splitlines()[-1].startswith("overall:")
     plot_simulation(result, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ------------------------------------------------------------- the runtime (replay) model
+
+
+def costs(service: float, cpu: float | None = None, load: float = 0.0) -> list[DescendantCosts]:
+    cpu = service if cpu is None else cpu
+    return [DescendantCosts(service_s=service, cpu_s=cpu, load_s=load, load_cpu_s=load / 2)]
+
+
+def test_runtime_model_one_app_counts_every_frame_sent() -> None:
+    app = single("a", latency=0.01, target=0.05)
+    trace = Trace(
+        duration_s=10.0,
+        memory_budget_bytes=10_000,
+        events=[AppStart(time_s=2.0, app=app, fps=30.0), AppStop(time_s=6.0, name="a")],
+    )
+    model = RuntimeModel(costs={"a": costs(0.01, cpu=0.008, load=0.004)}, frame_cpu_s=1e-4)
+    result = simulate(trace, "min-total-cost", runtime=model)
+    (stats,) = result.apps
+    assert stats.frames_done == 120 and stats.frames_dropped == 0 and stats.frames_late == 0
+    summary = result.summary
+    assert (summary.model, summary.loads, summary.switches) == ("runtime", 1, 0)
+    assert summary.busy_fraction * 10.0 == pytest.approx(120 * 0.01)
+    assert summary.load_s == pytest.approx(0.004)
+    solver_cpu = summary.cpu_s - (120 * (0.008 + 1e-4) + 0.002)
+    assert 0 <= solver_cpu < 1.0  # the simulator's own planning time
+
+
+def test_runtime_model_gives_idle_share_to_the_app_that_has_frames() -> None:
+    """Work conservation: b is planned a share too small for 30 fps, a leaves share idle."""
+    a = single("a", latency=0.005, target=1.0)
+    b = single("b", latency=0.025, target=1.0)
+    trace = Trace(duration_s=4.0, memory_budget_bytes=10_000,
+                  events=[AppStart(time_s=0.0, app=a), AppStart(time_s=0.0, app=b)])
+    fluid = simulate(trace, "baseline")  # equal shares: b gets 0.5 / 0.025 = 20 fps
+    assert fluid.apps[1].fps == pytest.approx(20.0)
+    replay = simulate(trace, "baseline", runtime=RuntimeModel())
+    # a uses 30 * 5 ms = 15 % of the worker; b takes what is left: 30 fps need 75 %
+    assert [s.frames_done for s in replay.apps] == [120, 120]
+    assert replay.summary.busy_fraction == pytest.approx(0.9)
+
+
+def test_runtime_model_drops_the_oldest_frames_of_a_full_queue() -> None:
+    app = single("a", latency=0.1, target=1.0)
+    trace = Trace(duration_s=2.0, memory_budget_bytes=10_000,
+                  events=[AppStart(time_s=0.0, app=app, fps=30.0)])
+    result = simulate(trace, "min-total-cost", runtime=RuntimeModel(queue_size=4))
+    (stats,) = result.apps
+    # the worker serves 10 frames per second; every other frame waits or is pushed out;
+    # at the end the 4 queued frames are still served (as the live benchmark waits for them)
+    assert stats.frames_done == 24
+    assert stats.frames_done + stats.frames_dropped == stats.frames_in == 60
+
+
+def test_runtime_model_swaps_on_demand_with_least_recently_used_eviction() -> None:
+    """Two 600-byte models, 1000 bytes: taking turns, every frame reloads its model, and
+    the load is part of the frame's service."""
+    a = single("a", latency=0.005, target=1.0, memory=600)
+    b = single("b", latency=0.005, target=1.0, memory=600)
+    trace = Trace(duration_s=1.0, memory_budget_bytes=1000,
+                  events=[AppStart(time_s=0.0, app=a), AppStart(time_s=0.0, app=b)])
+    model = RuntimeModel(costs={"a": costs(0.005, load=0.002), "b": costs(0.005, load=0.002)})
+    result = simulate(trace, "baseline", runtime=model)
+    frames = sum(s.frames_done for s in result.apps)
+    assert [s.frames_done for s in result.apps] == [30, 30]
+    assert result.summary.loads == frames
+    assert result.summary.busy_fraction == pytest.approx(frames * 0.007)
+    assert result.summary.swapping_s == 1.0
+    roomy = trace.model_copy(update={"memory_budget_bytes": 1200})
+    result = simulate(roomy, "baseline", runtime=model)
+    assert result.summary.loads == 2 and result.summary.swapping_s == 0.0
+
+
+def test_runtime_model_switches_in_place_when_both_fit_and_counts_cold_loads() -> None:
+    app = App(name="a", target_latency_s=0.05, descendants=[
+        Descendant(accuracy=0.7, memory_bytes=100, latency_s=0.001),
+        Descendant(accuracy=0.9, memory_bytes=400, latency_s=0.002)])
+    trace = Trace(duration_s=3.0, memory_budget_bytes=600, events=[
+        AppStart(time_s=0.0, app=app),
+        BudgetChange(time_s=1.0, memory_budget_bytes=200),
+        BudgetChange(time_s=2.0, memory_budget_bytes=1000)])
+    result = simulate(trace, "min-total-cost", runtime=RuntimeModel())
+    # d1 loaded; down to d0 in place (400 + 100 fit the old budget); up again in place
+    assert (result.summary.loads, result.summary.switches) == (1, 2)
+    tight = trace.model_copy(update={"events": [*trace.events[:2], BudgetChange(
+        time_s=2.0, memory_budget_bytes=450)]})
+    result = simulate(tight, "min-total-cost", runtime=RuntimeModel())
+    assert (result.summary.loads, result.summary.switches) == (2, 2)  # 100 + 400 > 450: cold
+
+
+@pytest.mark.parametrize("policy", ["min-total-cost", "baseline"])
+def test_runtime_model_on_a_random_trace_accounts_every_frame(policy: str) -> None:
+    """Priority changes, stops, a budget the baseline must swap in: every frame sent is
+    served or dropped, and the model's figures stay within what one worker can do."""
+    trace = random_trace(synthetic_pool(), seed=2, duration_s=120.0, memory_budget_bytes=20_000_000,
+                         arrival_rate_per_s=1 / 10, mean_run_s=40.0,
+                         priority_change_rate_per_s=1 / 20)
+    result = simulate(trace, policy, runtime=RuntimeModel())
+    summary = result.summary
+    assert summary.model == "runtime" and summary.cpu_s is not None and summary.loads
+    assert 0.0 < summary.busy_fraction <= 1.05  # the last queued frames finish after the end
+    for stats in result.apps:
+        sent = stats.frames_done + stats.frames_dropped
+        assert stats.frames_done >= 0 and stats.frames_dropped >= 0
+        assert abs(sent - stats.frames_in) <= 1  # frames_in is fps * run time
+    assert summary.swapping_s > 0 or policy != "baseline"
