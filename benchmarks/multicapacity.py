@@ -7,8 +7,8 @@
 (b) `.nest` file bytes vs K independent files (safetensors) and resident weight bytes;
     overhead over the largest descendant (goal <= 2 %).
 (c) median time of upgrade / downgrade between every pair with `NestedModel` vs cold-loading
-    the target descendant from an independent file (goal: >= 10x faster downgrade, >= 3x
-    faster upgrade between adjacent levels).
+    the target descendant from an independent file, the three timed in turns (goal: >= 10x
+    faster downgrade, >= 3x faster upgrade between adjacent levels).
 (d) batch-1 single-thread latency of loaded descendants vs a standalone dense model of the
     same widths (goal <= 1.05x).
 Prints tables and writes OUT_DIR/multicapacity.json and .png (accuracy vs params).
@@ -17,6 +17,9 @@ Real run (Fashion-MNIST VGG-16 x0.25 after `nestdnn train` and `nestdnn prune`; 
 .nest with freeze-&-grow first if it does not exist):
     .venv/bin/python benchmarks/multicapacity.py --vanilla runs/fmnist-vgg16/vanilla.pt \
         --prune-dir runs/fmnist-vgg16/prune --nest runs/fmnist-vgg16/model.nest
+Storage, switching and latency only (minutes, no baseline training; no plot):
+    .venv/bin/python benchmarks/multicapacity.py --nest runs/models/fmnist-vgg16.nest \
+        --out-dir runs/benchmarks/mc_v2 --skip-accuracy
 End-to-end check on generated data in about a minute:
     .venv/bin/python benchmarks/multicapacity.py --quick
 """
@@ -310,47 +313,47 @@ def load_standalone(path: Path) -> NestNet:
     return model.eval()
 
 
-def median_ms(action: Callable[[], Any], repeats: int, prepare: Callable[[], Any] | None = None
-              ) -> float:
-    """Median wall time of ``action`` (``prepare`` runs untimed before each repetition)."""
-    times = []
-    for _ in range(repeats):
-        if prepare is not None:
-            prepare()
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e3
-
-
 def switch_rows(setup: Setup, manifest: Manifest, files: list[tuple[Path, Path]]
                 ) -> list[SwitchRow]:
     levels = range(manifest.num_descendants)
-    cold = {k: (median_ms(lambda k=k: load_standalone(files[k][0]), setup.switch_repeats),
-                median_ms(lambda k=k: load_checkpoint(files[k][1]), setup.switch_repeats))
-            for k in levels}
-    rows = []
-    for source in levels:
-        for target in levels:
-            if source == target:
-                continue
-            rows.append(SwitchRow(source, target, switch_ms(setup, source, target),
-                                  *cold[target]))
-    return rows
+    return [switch_row(setup, source, target, files[target])
+            for source in levels for target in levels if source != target]
 
 
-def switch_ms(setup: Setup, source: int, target: int) -> float:
-    """Median time of one switch source -> target on a freshly opened handle."""
+def switch_row(setup: Setup, source: int, target: int, target_files: tuple[Path, Path]
+               ) -> SwitchRow:
+    """Median times of one switch source -> target and of cold-loading the target's files.
+
+    The three are timed in turns, in a random order each repetition (as the latency section
+    does), so that a busy machine's changing load falls on all of them alike. Each switch
+    runs on a handle freshly opened at ``source`` (untimed).
+    """
+    tensors, checkpoint = target_files
     handle: list[NestedModel] = []
 
-    def open_at_source() -> None:
+    def switch() -> None:
+        handle[-1].switch(target)
+
+    actions: dict[str, Callable[[], Any]] = {
+        "switch": switch,
+        "safetensors": lambda: load_standalone(tensors),
+        "checkpoint": lambda: load_checkpoint(checkpoint),
+    }
+    times: dict[str, list[float]] = {name: [] for name in actions}
+    order = list(actions)
+    rng = random.Random(source * 100 + target)
+    for _ in range(setup.switch_repeats):
         if handle:
             handle.pop().close()
         handle.append(NestedModel.open(setup.nest, source))
-
-    result = median_ms(lambda: handle[-1].switch(target), setup.switch_repeats, open_at_source)
+        rng.shuffle(order)
+        for name in order:
+            started = time.perf_counter()
+            actions[name]()
+            times[name].append(time.perf_counter() - started)
     handle.pop().close()
-    return result
+    ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    return SwitchRow(source, target, ms["switch"], ms["safetensors"], ms["checkpoint"])
 
 
 # --- (d) latency -------------------------------------------------------------------------------
@@ -507,7 +510,7 @@ def write_results(setup: Setup, manifest: Manifest, accuracy: list[AccuracyRow],
         "recipe": asdict(setup.recipe),
         "descendants": [d.model_dump() for d in manifest.descendants],
         "accuracy": [asdict(r) | {"gain": r.gain} for r in accuracy],
-        "mean_gain": statistics.mean(r.gain for r in accuracy),
+        "mean_gain": statistics.mean(r.gain for r in accuracy) if accuracy else None,
         "sizes": asdict(sizes) | {"accumulated_file_bytes": sizes.accumulated_file_bytes,
                                   "overhead": sizes.overhead,
                                   "weights_overhead": sizes.weights_overhead},
@@ -548,6 +551,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="threads for training (default: the vanilla's recipe)")
     parser.add_argument("--switch-repeats", type=int, default=30)
     parser.add_argument("--latency-runs", type=int, default=300)
+    parser.add_argument("--skip-accuracy", action="store_true",
+                        help="measure only (b) storage, (c) switching and (d) latency: skip (a),"
+                             " whose from-scratch baselines take hours to train")
     return parser.parse_args(argv)
 
 
@@ -569,14 +575,18 @@ def main(argv: list[str] | None = None) -> int:
         latency = latency_rows(setup, manifest, files)
         print(latency_table(latency), flush=True)
         torch.set_num_threads(training_threads)
-        accuracy = accuracy_rows(setup, manifest)  # last: the baselines take hours
-        print(accuracy_table(accuracy), flush=True)
+        accuracy = [] if args.skip_accuracy else accuracy_rows(setup, manifest)  # hours
+        if accuracy:
+            print(accuracy_table(accuracy), flush=True)
     except NestError as e:
         print(f"multicapacity: error: {e}", file=sys.stderr)
         return 2
-    plot(accuracy, setup.out_dir / f"{setup.stem}.png")
     path = write_results(setup, manifest, accuracy, sizes, switching, latency)
-    print(f"wrote {path} and {path.with_suffix('.png')}")
+    if accuracy:
+        plot(accuracy, setup.out_dir / f"{setup.stem}.png")
+        print(f"wrote {path} and {path.with_suffix('.png')}")
+    else:
+        print(f"wrote {path} (accuracy skipped)")
     return 0
 
 
