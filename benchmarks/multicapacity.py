@@ -168,7 +168,7 @@ def real_setup(args: argparse.Namespace) -> Setup:
         config = RecoveryConfig(epochs_per_level=args.epochs_per_level, threads=args.threads)
         build_nest(run, splits, args.nest, args.descendants, config)
     return Setup(args.nest, splits, recipe, args.vanilla, args.out_dir / "multicapacity_cache",
-                 args.out_dir, "multicapacity", args.switch_repeats, args.latency_runs)
+                 args.out_dir, args.name, args.switch_repeats, args.latency_runs)
 
 
 def read_recipe(vanilla: Path, threads: int | None) -> TrainConfig:
@@ -244,6 +244,19 @@ def accuracy_rows(setup: Setup, manifest: Manifest) -> list[AccuracyRow]:
     return rows
 
 
+def train_one_baseline(setup: Setup, manifest: Manifest, level: int) -> str:
+    """Train (or find) descendant ``level``'s baseline; says what was done."""
+    if not 0 <= level < manifest.num_descendants:
+        return f"{setup.nest} has no descendant {level}: no baseline to train"
+    config = manifest.config(level)
+    vanilla, _ = load_checkpoint(setup.vanilla)
+    if config.widths == vanilla.config.widths:
+        return f"descendant {level} has the vanilla's widths: the vanilla model is its baseline"
+    model, source = cached_baseline(setup, config, level)
+    accuracy = evaluate(model, setup.splits.val)
+    return f"baseline of descendant {level}: {source}, val accuracy {accuracy:.2%}"
+
+
 def cached_baseline(setup: Setup, config: ModelConfig, level: int) -> tuple[NestNet, str]:
     """A model of ``config`` trained from scratch with the recipe; cached by config + recipe."""
     identity = {"config": config.to_dict(), "recipe": asdict(replace(setup.recipe, threads=None,
@@ -271,7 +284,7 @@ def cached_baseline(setup: Setup, config: ModelConfig, level: int) -> tuple[Nest
 
 def write_standalone_files(setup: Setup, manifest: Manifest) -> list[tuple[Path, Path]]:
     """Every descendant as independent files: safetensors (+ config) and a nestdnn checkpoint."""
-    folder = setup.cache / "standalone"
+    folder = setup.cache / "standalone" / setup.stem
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for k in range(manifest.num_descendants):
@@ -551,6 +564,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="threads for training (default: the vanilla's recipe)")
     parser.add_argument("--switch-repeats", type=int, default=30)
     parser.add_argument("--latency-runs", type=int, default=300)
+    parser.add_argument("--name", default="multicapacity",
+                        help="results are written as OUT_DIR/NAME.json and .png")
+    parser.add_argument("--train-baseline", type=int, metavar="K",
+                        help="only train (or resume) the from-scratch baseline of descendant K"
+                             " into the cache, then exit; several can run side by side")
     parser.add_argument("--skip-accuracy", action="store_true",
                         help="measure only (b) storage, (c) switching and (d) latency: skip (a),"
                              " whose from-scratch baselines take hours to train")
@@ -565,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         setup = quick_setup(args) if args.quick else real_setup(args)
         manifest = read_manifest(setup.nest)
+        if args.train_baseline is not None:
+            print(train_one_baseline(setup, manifest, args.train_baseline))
+            return 0
         files = write_standalone_files(setup, manifest)
         sizes = size_report(setup, manifest, files)
         print(size_table(sizes), flush=True)
