@@ -1,28 +1,44 @@
 """Live daemon run: a trace of apps starting and stopping, NestDNN vs the agnostic baseline.
 
 Every app is a thread sending frames at its frame rate (30 fps) to a real `Runtime` running
-real multi-capacity models; apps start and stop as the trace says. The same trace runs once
-per policy -- NestDNN MinTotalCost and the resource-agnostic baseline -- under the same
-memory budget. Measured per policy:
+real multi-capacity models; apps start and stop as the trace says, and the apps use the
+directory's models in turn (several models: a mixed trace). The same trace runs once per
+policy -- NestDNN MinTotalCost and the resource-agnostic baseline -- under the same memory
+budget. Measured per policy:
 
 * accuracy: time-averaged accuracy (profile) of the descendant each app has in use (the
   applied plan's; every completed frame reports the descendant that computed it, kept in
   the JSON per app), over all app-seconds;
 * fps: frames completed per app-second (real completions of the 30 fps streams);
-* switches: descendant switches of running apps; model loads are listed beside (the
-  baseline swaps models that do not fit together);
-* busy_s_per_frame: the executor's busy time (inference and on-demand loads) per frame, and
-  cpu_s_per_frame: the process's CPU time per frame (energy proxies; the latter includes the
-  sender threads and the solver);
+* switches (descendant changes) and loads (descendants read from storage: the baseline
+  swaps models that do not fit together);
+* busy_s_per_frame: the executor worker's wall time (inference and on-demand loads) per
+  frame;
+* cpu_s_per_frame: the daemon's processor time per frame (energy proxy): the process's CPU
+  time minus the client threads' own CPU time (their calls into the runtime's `submit` are
+  the daemon's and stay in), i.e. the worker (inference, loads, result delivery), the
+  event handling (planning, loads and switches), `submit`.
 
-and beside each figure the scheduler's simulator's prediction for the same trace
-(`scheduler.simulate`, its busy time per frame beside both energy proxies; model loading
-charged at the load bandwidth measured here first). Goal: measured within 15 % of
-simulated. Prints a table, writes JSON under runs/benchmarks/.
+Beside each figure, the scheduler's simulator's prediction for the same trace with its
+*runtime* model (`scheduler.replay`: the executor's queues, weighted-fair worker and the
+model manager's loads and least-recently-used swapping, replayed frame by frame), whose
+inputs are measured here first, in isolation, never from the live runs:
 
-Real models (a directory of NAME.nest + NAME.profile.json, e.g. from the pipeline):
+* per descendant: wall and CPU time of one frame (`LoadedModel.predict`, the worker's call;
+  descendants interleaved, one frame each in turn, as the worker interleaves apps) and of a
+  load from storage (`Backend.open`, as the manager does it);
+* the runtime's per-frame CPU outside inference (submit, queue, dispatch, result): a real
+  `Runtime` on stub models whose predict costs nothing, fed by the same sender;
+* the simulator times its own planning calls (the same solver code the runtime runs).
+
+The simulated busy time is the replayed worker's wall time; its processor time is the sum of
+the measured CPU costs of what the replay did. Both are the same quantities as measured.
+The fluid model's prediction (the simulator's default) is listed beside for comparison.
+Goal: measured within 15 % of simulated. Prints tables, writes JSON under runs/benchmarks/.
+
+Real models (a directory of NAME.nest + NAME.profile.json pairs, e.g. runs/models):
     .venv/bin/python benchmarks/daemon_live.py --models runs/models
-Check of the machinery on tiny SYNTHETIC models generated on the spot (random weights,
+Check of the machinery on small SYNTHETIC models generated on the spot (random weights,
 assigned accuracies, measured latencies; clearly not a result about real models):
     .venv/bin/python benchmarks/daemon_live.py --quick
 """
@@ -44,19 +60,22 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nestdnn.errors import NestError
-from scheduler.backends import TorchBackend
-from scheduler.catalogue import ModelCatalogue
+from nestdnn.nestfile import read_manifest
+from scheduler.backends import Backend, LoadedModel, TorchBackend
+from scheduler.catalogue import CatalogueEntry, ModelCatalogue
 from scheduler.errors import FrameDropped, QueueFull, UnknownApp
 from scheduler.executor import Prediction
-from scheduler.problem import App
+from scheduler.problem import App, Descendant
+from scheduler.replay import DescendantCosts, RuntimeModel
 from scheduler.runtime import AppSpec, Runtime, RuntimeSettings
 from scheduler.simulate import AppStart, AppStop, SimulationResult, SwapModel, Trace, simulate
-from scheduler.synthetic_models import synthetic_models_dir, write_synthetic_profile
+from scheduler.synthetic_models import write_synthetic_nest, write_synthetic_profile
 
 log = logging.getLogger("daemon_live")
 
@@ -75,7 +94,7 @@ class Workload:
 
 def build_workload(catalogue: ModelCatalogue, duration_s: float, budget_fraction: float,
                    fps: float = 30.0) -> Workload:
-    """Four apps over ``duration_s``, up to three at once, models assigned round robin.
+    """Four apps over ``duration_s``, up to three at once, the models assigned in turn.
 
     The memory budget is ``budget_fraction`` of the bytes the apps running at once would
     hold with their largest descendants (at the busiest moment of the trace), but at least
@@ -120,8 +139,15 @@ def _peak_bytes(events: Sequence[AppStart | AppStop],
     return peak
 
 
+# ------------------------------------------------------------------------------ live run
+
+
 class Sender(threading.Thread):
-    """One app: submits a frame every 1/fps seconds and counts what became of each."""
+    """One app (a client): submits a frame every 1/fps seconds, counts what became of each.
+
+    It measures its own CPU time and, within it, the CPU time of its `submit` calls (the
+    daemon's work done on the client's thread).
+    """
 
     def __init__(self, runtime: Runtime, app_id: str, frame: torch.Tensor, fps: float) -> None:
         super().__init__(name=f"sender-{app_id}", daemon=True)
@@ -131,19 +157,31 @@ class Sender(threading.Thread):
         self.outcomes: Counter[str] = Counter()
         self.descendants: Counter[int] = Counter()
         self.futures: list[Future[Prediction]] = []
+        self.cpu_s = 0.0
+        self.submit_cpu_s = 0.0
+
+    @property
+    def client_cpu_s(self) -> float:
+        """The thread's CPU time outside the runtime's code."""
+        return self.cpu_s - self.submit_cpu_s
 
     def run(self) -> None:
+        start_cpu = time.thread_time()
         next_at = time.monotonic()
         while not self.halt.wait(max(0.0, next_at - time.monotonic())):
+            before = time.thread_time()
             try:
                 future = self.runtime.submit(self.app_id, self.frame)
             except (QueueFull, UnknownApp):
+                self.submit_cpu_s += time.thread_time() - before
                 with self.lock:
                     self.outcomes["refused"] += 1
             else:
+                self.submit_cpu_s += time.thread_time() - before
                 future.add_done_callback(self._done)
                 self.futures.append(future)
             next_at = max(next_at + self.period, time.monotonic() - self.period)
+        self.cpu_s = time.thread_time() - start_cpu
 
     def _done(self, future: Future[Prediction]) -> None:
         try:
@@ -174,6 +212,20 @@ class AppRecord:
 
 
 @dataclass
+class CpuBreakdown:
+    """Where the process's CPU seconds went during a live run."""
+
+    process_s: float
+    clients_s: float
+    worker_s: float
+    events_s: float
+
+    @property
+    def daemon_s(self) -> float:
+        return self.process_s - self.clients_s
+
+
+@dataclass
 class LiveResult:
     """What one policy achieved on the trace, measured."""
 
@@ -186,21 +238,35 @@ class LiveResult:
     cpu_s_per_frame: float
     frames: int
     app_seconds: float
+    cpu: CpuBreakdown
     apps: list[AppRecord]
+
+
+class WorkerClock:
+    """Job observer, called in the worker thread after every job: keeps that thread's CPU
+    time since it started (the last reading before the runtime stops)."""
+
+    def __init__(self) -> None:
+        self.cpu_s = 0.0
+
+    def __call__(self, app_id: str, service_s: float) -> None:
+        self.cpu_s = time.thread_time()
 
 
 def run_live(catalogue: ModelCatalogue, settings: RuntimeSettings, workload: Workload
              ) -> LiveResult:
     """Replay the trace in real time against a fresh runtime; measure every app."""
-    runtime = Runtime(catalogue, settings)
+    clock = WorkerClock()
+    runtime = Runtime(catalogue, settings, job_observer=clock)
     runtime.start()
     try:
-        records, cpu = _replay(runtime, catalogue, workload)
+        records, process_s, clients_s, events_s = _replay(runtime, catalogue, workload)
     finally:
         runtime.stop()
     apps = list(records.values())
     done = sum(r.outcomes.get("completed", 0) for r in apps)
     app_seconds = sum(r.stopped - r.started for r in apps)
+    cpu = CpuBreakdown(process_s, clients_s, clock.cpu_s, events_s)
     return LiveResult(
         policy=settings.policy,
         accuracy=sum(r.accuracy_seconds for r in apps) / app_seconds,
@@ -208,22 +274,26 @@ def run_live(catalogue: ModelCatalogue, settings: RuntimeSettings, workload: Wor
         switches=sum(r.switches for r in apps),
         loads=sum(r.loads for r in apps),
         busy_s_per_frame=sum(r.busy_s for r in apps) / max(done, 1),
-        cpu_s_per_frame=cpu / max(done, 1),
+        cpu_s_per_frame=cpu.daemon_s / max(done, 1),
         frames=done,
         app_seconds=app_seconds,
+        cpu=cpu,
         apps=apps,
     )
 
 
 def _replay(runtime: Runtime, catalogue: ModelCatalogue, workload: Workload
-            ) -> tuple[dict[str, AppRecord], float]:
-    """Start and stop apps at the trace's times; returns their records and the CPU seconds."""
+            ) -> tuple[dict[str, AppRecord], float, float, float]:
+    """Start and stop apps at the trace's times; returns their records, the process's CPU
+    seconds, the clients' own CPU seconds and the CPU seconds of the runtime's events."""
     frames = {name: torch.randn(entry.input_shape) for name, entry in catalogue.entries.items()}
     ids: dict[str, str] = {}
     senders: dict[str, Sender] = {}
+    finished: list[Sender] = []
     records: dict[str, AppRecord] = {}
     accuracy_now: dict[str, float] = {}
     trace = workload.trace
+    events_cpu = 0.0
     t0, cpu0 = time.monotonic(), time.process_time()
     last = 0.0
     for event in [*trace.events, None]:
@@ -234,22 +304,27 @@ def _replay(runtime: Runtime, catalogue: ModelCatalogue, workload: Workload
         last = at
         if isinstance(event, AppStart):
             name, model = event.app.name, workload.models[event.app.name]
+            before = time.thread_time()
             ids[name] = runtime.register(AppSpec(model=model, fps=event.fps, name=name,
                                                  priority=event.app.priority)).id
+            events_cpu += time.thread_time() - before
             records[name] = AppRecord(name, model, started=at)
             senders[name] = Sender(runtime, ids[name], frames[model], event.fps)
             senders[name].start()
         leaving = [event.name] if isinstance(event, AppStop) else [] if event else list(ids)
-        _finish_apps(runtime, {name: (ids.pop(name), senders.pop(name), records[name])
-                               for name in leaving}, at)
+        gone = {name: (ids.pop(name), senders.pop(name), records[name]) for name in leaving}
+        finished += [sender for _, sender, _ in gone.values()]
+        events_cpu += _finish_apps(runtime, gone, at)
         accuracy_now = {a.name: a.accuracy for a in runtime.snapshot().apps}
-    return records, time.process_time() - cpu0
+    process_s = time.process_time() - cpu0
+    return records, process_s, sum(s.client_cpu_s for s in finished), events_cpu
 
 
 def _finish_apps(runtime: Runtime, leaving: dict[str, tuple[str, Sender, AppRecord]],
-                 now: float) -> None:
+                 now: float) -> float:
     """Stop the leaving apps' senders, wait for their frames, read their counters (before
-    any of them unregisters and re-plans the others), then unregister them."""
+    any of them unregisters and re-plans the others), then unregister them. Returns the
+    CPU seconds of the unregister calls."""
     for _, sender, _ in leaving.values():
         sender.halt.set()
         sender.join()
@@ -265,44 +340,186 @@ def _finish_apps(runtime: Runtime, leaving: dict[str, tuple[str, Sender, AppReco
         with sender.lock:
             record.outcomes = dict(sender.outcomes)
             record.descendants = dict(sender.descendants)
+    before = time.thread_time()
     for app_id, _, _ in leaving.values():
         runtime.unregister(app_id)
+    return time.thread_time() - before
 
 
-def load_bandwidth(catalogue: ModelCatalogue, repeats: int = 3) -> float:
-    """Bytes per second of loading a largest descendant from its .nest (median over models)."""
-    backend, rates = TorchBackend(), []
-    for entry in catalogue.entries.values():
-        k = entry.num_descendants - 1
-        backend.open(entry, k).close()  # warm: file in the page cache, code paths compiled
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            backend.open(entry, k).close()
-            times.append(time.perf_counter() - t)
-        rates.append(entry.descendants("torch")[k].memory_bytes / statistics.median(times))
-    return statistics.median(rates)
+# --------------------------------------------------------------------------- calibration
+
+
+@dataclass
+class Calibration:
+    """The simulator's runtime-model inputs, measured on this machine before the live runs."""
+
+    costs: dict[str, list[DescendantCosts]]
+    frame_cpu_s: float
+    frames_timed: int
+    load_repeats: int
+
+    def runtime_model(self, workload: Workload, queue_size: int) -> RuntimeModel:
+        return RuntimeModel(queue_size=queue_size, frame_cpu_s=self.frame_cpu_s,
+                            costs={app: self.costs[model]
+                                   for app, model in workload.models.items()})
+
+    def swap_model(self, catalogue: ModelCatalogue) -> SwapModel:
+        """The fluid model's swap costs: a least-squares line through the measured loads."""
+        sizes, times = [], []
+        for name, costs in self.costs.items():
+            for d, c in zip(catalogue.entries[name].descendants("torch"), costs, strict=True):
+                sizes.append(d.memory_bytes)
+                times.append(c.load_s)
+        if len(set(sizes)) < 2:
+            return SwapModel(bandwidth_bytes_per_s=sizes[0] / times[0])
+        slope, fixed = np.polyfit(np.array(sizes, float), np.array(times, float), 1)
+        slope = max(float(slope), 1e-12)
+        return SwapModel(bandwidth_bytes_per_s=1.0 / slope, load_fixed_s=max(0.0, float(fixed)))
+
+
+def calibrate(catalogue: ModelCatalogue, threads: int, frames: int = 200,
+              load_repeats: int = 5) -> Calibration:
+    """Measure what the runtime model needs (see the module docstring)."""
+    torch.set_num_threads(threads)
+    backend = TorchBackend()
+    entries = list(catalogue.entries.values())
+    backend.prepare(entries)
+    try:
+        models = {(e.name, k): backend.open(e, k) for e in entries
+                  for k in range(e.num_descendants)}
+        inputs = {e.name: torch.randn(e.input_shape) for e in entries}
+        wall: dict[tuple[str, int], list[float]] = {key: [] for key in models}
+        cpu: dict[tuple[str, int], list[float]] = {key: [] for key in models}
+        for round_ in range(10 + frames):  # 10 warm-up rounds
+            for (name, k), model in models.items():
+                t, c = time.perf_counter(), time.thread_time()
+                model.predict(inputs[name])
+                if round_ >= 10:
+                    wall[name, k].append(time.perf_counter() - t)
+                    cpu[name, k].append(time.thread_time() - c)
+        del models
+        loads = {key: _time_loads(backend, catalogue.entries[key[0]], key[1], load_repeats)
+                 for key in wall}
+    finally:
+        backend.close()
+    costs = {e.name: [DescendantCosts(service_s=statistics.fmean(wall[e.name, k]),
+                                      cpu_s=statistics.fmean(cpu[e.name, k]),
+                                      load_s=loads[e.name, k][0],
+                                      load_cpu_s=loads[e.name, k][1])
+                      for k in range(e.num_descendants)] for e in entries}
+    return Calibration(costs, frame_overhead_cpu_s(catalogue), frames, load_repeats)
+
+
+def _time_loads(backend: Backend, entry: CatalogueEntry, k: int, repeats: int
+                ) -> tuple[float, float]:
+    """Median wall and CPU seconds of loading descendant k (the file already opened)."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.thread_time()
+        backend.open(entry, k).close()
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.thread_time() - c)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+class _StubModel(LoadedModel):
+    """A descendant whose frames cost nothing (fixed probabilities)."""
+
+    def __init__(self, descendant: int, classes: int) -> None:
+        self._descendant = descendant
+        self._probabilities = [1.0 / classes] * classes
+
+    @property
+    def descendant(self) -> int:
+        return self._descendant
+
+    def predict(self, frame: torch.Tensor) -> list[float]:
+        return self._probabilities
+
+
+class _StubBackend(Backend):
+    name = "torch"
+
+    def descendants(self, entry: CatalogueEntry) -> list[Descendant]:
+        return entry.descendants("torch")
+
+    def open(self, entry: CatalogueEntry, descendant: int) -> LoadedModel:
+        return _StubModel(descendant, len(entry.class_names))
+
+    def prepare(self, entries: list[CatalogueEntry]) -> None:
+        return
+
+
+class _StubRuntime(Runtime):
+    @staticmethod
+    def _make_backend(settings: RuntimeSettings) -> Backend:
+        return _StubBackend()
+
+
+def frame_overhead_cpu_s(catalogue: ModelCatalogue, fps: float = 200.0,
+                         seconds: float = 3.0) -> float:
+    """The runtime's CPU per frame outside inference: a real runtime on stub models, one
+    sender (the live run's) at ``fps``; process CPU minus the sender's own, per frame."""
+    name = sorted(catalogue.entries)[0]
+    runtime = _StubRuntime(catalogue, RuntimeSettings(memory_budget_bytes=10**12))
+    runtime.start()
+    try:
+        app = runtime.register(AppSpec(model=name, fps=fps))
+        sender = Sender(runtime, app.id, torch.zeros(catalogue.entries[name].input_shape), fps)
+        cpu0 = time.process_time()
+        sender.start()
+        time.sleep(seconds)
+        sender.halt.set()
+        sender.join()
+        for future in sender.futures:
+            with contextlib.suppress(FrameDropped):
+                future.result(timeout=60)
+        process_s = time.process_time() - cpu0
+    finally:
+        runtime.stop()
+    return max(0.0, process_s - sender.client_cpu_s) / max(1, sender.outcomes["completed"])
+
+
+# ------------------------------------------------------------------------------ models
+
+
+QUICK_MODELS = {  # small SYNTHETIC stand-ins of the three real models' architectures
+    "synthetic-vgg16": dict(arch="vgg16", in_channels=1, input_size=28, num_classes=10,
+                            width_mults=(0.0625, 0.125, 0.25), accuracies=(0.86, 0.90, 0.92)),
+    "synthetic-resnet20": dict(arch="resnet20", in_channels=1, input_size=28, num_classes=10,
+                               width_mults=(0.25, 0.5, 1.0), accuracies=(0.84, 0.89, 0.915)),
+    "synthetic-vgg11": dict(arch="vgg11", in_channels=3, input_size=32, num_classes=5,
+                            width_mults=(0.125, 0.25, 0.5), accuracies=(0.80, 0.86, 0.90)),
+}
 
 
 def quick_models(out_dir: Path) -> Path:
-    """Three tiny SYNTHETIC models (written once), re-profiled now: the simulator's latencies
-    must be measured under the conditions of the live run."""
+    """Three small SYNTHETIC models (random weights, assigned accuracies), written once (again
+    if this nestdnn cannot read them) and re-profiled now: the simulator's latencies must be
+    measured under the conditions of the live run."""
     directory = out_dir / "daemon_live_synthetic_models"
-    names = ["synthetic-a", "synthetic-b", "synthetic-c"]
-    if all((directory / f"{n}.nest").is_file() for n in names):
-        for name in names:
-            write_synthetic_profile(directory / f"{name}.nest")
-    else:
-        synthetic_models_dir(directory, names)
+    directory.mkdir(parents=True, exist_ok=True)
+    for seed, (name, spec) in enumerate(QUICK_MODELS.items()):
+        nest = directory / f"{name}.nest"
+        try:
+            read_manifest(nest)
+        except NestError:  # missing, or written by an older nestdnn
+            write_synthetic_nest(nest, seed=seed, **spec)
+        write_synthetic_profile(nest)
     return directory
+
+
+# --------------------------------------------------------------------------- comparison
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """A measured figure beside the simulator's, and their relative difference."""
+    """A measured figure beside the simulator's (runtime model), the relative difference,
+    and the fluid model's figure for reference."""
 
     measured: float
     simulated: float
+    fluid: float | None
 
     @property
     def error(self) -> float | None:
@@ -310,16 +527,24 @@ class Comparison:
             self.simulated)
 
 
-def compare(live: LiveResult, sim: SimulationResult) -> dict[str, Comparison]:
-    """Measured vs simulated: accuracy, fps, switches, processor seconds per frame."""
-    frames = sum(a.frames_done for a in sim.apps)
-    busy_per_frame = sim.summary.busy_fraction * sim.duration_s / max(frames, 1e-9)
+def compare(live: LiveResult, sim: SimulationResult, fluid: SimulationResult
+            ) -> dict[str, Comparison]:
+    """Measured vs simulated: accuracy, fps, switches, loads, busy and CPU per frame."""
+    def per_frame(result: SimulationResult, seconds: float | None) -> float | None:
+        frames = sum(a.frames_done for a in result.apps)
+        return None if seconds is None else seconds / max(frames, 1e-9)
+
+    sim_busy, fluid_busy = (r.summary.busy_fraction * r.duration_s for r in (sim, fluid))
     return {
-        "accuracy": Comparison(live.accuracy, sim.summary.accuracy or 0.0),
-        "fps": Comparison(live.fps, sim.summary.fps),
-        "switches": Comparison(live.switches, sim.summary.switches),
-        "busy_s_per_frame": Comparison(live.busy_s_per_frame, busy_per_frame),
-        "cpu_s_per_frame": Comparison(live.cpu_s_per_frame, busy_per_frame),
+        "accuracy": Comparison(live.accuracy, sim.summary.accuracy or 0.0,
+                               fluid.summary.accuracy),
+        "fps": Comparison(live.fps, sim.summary.fps, fluid.summary.fps),
+        "switches": Comparison(live.switches, sim.summary.switches, fluid.summary.switches),
+        "loads": Comparison(live.loads, sim.summary.loads or 0, None),
+        "busy_s_per_frame": Comparison(live.busy_s_per_frame, per_frame(sim, sim_busy) or 0.0,
+                                       per_frame(fluid, fluid_busy)),
+        "cpu_s_per_frame": Comparison(live.cpu_s_per_frame,
+                                      per_frame(sim, sim.summary.cpu_s) or 0.0, None),
     }
 
 
@@ -327,12 +552,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, help="directory of NAME.nest + NAME.profile.json")
     parser.add_argument("--quick", action="store_true",
-                        help="tiny SYNTHETIC models generated on the spot, short trace")
+                        help="small SYNTHETIC models generated on the spot, short trace")
     parser.add_argument("--duration", type=float, help="trace length in seconds")
     parser.add_argument("--budget-fraction", type=float, default=0.5,
                         help="memory budget as a fraction of the peak bytes of the running"
                              " apps' largest descendants")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--queue-size", type=int, default=4, help="the runtime's per-app queue")
+    parser.add_argument("--policies", default=",".join(POLICIES),
+                        help="comma-separated policies to run")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -344,47 +572,107 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise NestError(f"no servable model in {models_dir}")
     workload = build_workload(catalogue, args.duration or (30.0 if args.quick else 120.0),
                               args.budget_fraction)
-    swap = SwapModel(bandwidth_bytes_per_s=load_bandwidth(catalogue))
     rows = {}
-    for policy in POLICIES:
+    for policy in args.policies.split(","):
+        calibration = calibrate(catalogue, args.threads)  # just before: the same conditions
+        swap = calibration.swap_model(catalogue)
+        load_before = os.getloadavg()[0]
         live = run_live(catalogue, RuntimeSettings(
             memory_budget_bytes=workload.trace.memory_budget_bytes, policy=policy,
-            threads=args.threads), workload)
-        rows[policy] = (live, simulate(workload.trace, policy, swap=swap))
-    report(rows, workload, swap, args, models_dir)
+            threads=args.threads, queue_size=args.queue_size), workload)
+        model = calibration.runtime_model(workload, args.queue_size)
+        rows[policy] = Row(live, simulate(workload.trace, policy, swap=swap, runtime=model),
+                           simulate(workload.trace, policy, swap=swap), calibration, swap,
+                           (load_before, os.getloadavg()[0]))
+    report(rows, workload, catalogue, args, models_dir)
     return 0
 
 
-def report(rows: dict[str, tuple[LiveResult, SimulationResult]], workload: Workload,
-           swap: SwapModel, args: argparse.Namespace, models_dir: Path) -> None:
-    """Print the table (measured / simulated / error) and write the JSON."""
+@dataclass
+class Row:
+    """One policy: the live run, both simulations, the inputs measured just before it, and
+    the 1-minute load average before and after the live run."""
+
+    live: LiveResult
+    sim: SimulationResult
+    fluid: SimulationResult
+    calibration: Calibration
+    swap: SwapModel
+    load_average: tuple[float, float]
+
+
+def report(rows: dict[str, Row], workload: Workload, catalogue: ModelCatalogue,
+           args: argparse.Namespace, models_dir: Path) -> None:
+    """Print the tables (inputs; measured / simulated / error / fluid) and write the JSON."""
     trace = workload.trace
     label = "  (SYNTHETIC: random weights, assigned accuracies)" if args.quick else ""
     print(f"\nmodels: {models_dir}{label}")
+    print("apps: " + ", ".join(f"{a}={m}" for a, m in workload.models.items()))
     print(f"budget {trace.memory_budget_bytes:,} B, {len(trace.events)} events over"
-          f" {trace.duration_s:g} s, 30 fps per app, {args.threads} thread(s),"
-          f" load bandwidth {swap.bandwidth_bytes_per_s / 1e6:.0f} MB/s,"
-          f" load average {os.getloadavg()[0]:.1f}")
-    print(f"{'policy':<16}{'figure':<18}{'measured':>12}{'simulated':>12}{'error':>8}")
+          f" {trace.duration_s:g} s, 30 fps per app, {args.threads} thread(s), queue"
+          f" {args.queue_size}")
+    first = next(iter(rows.values())).calibration
+    print("\nsimulator inputs, measured before each policy's run (per frame: mean of"
+          f" {first.frames_timed}, descendants interleaved; load: median of"
+          f" {first.load_repeats}); ms")
+    names = " / ".join(rows)
+    print(f"{'model':<22}{'d':>3}{'MB':>8}{'profile':>9}   wall, cpu, load wall, load cpu"
+          f" ({names})")
+    for name in catalogue.entries:
+        for k, d in enumerate(catalogue.entries[name].descendants("torch")):
+            cells = "  /  ".join(
+                ", ".join(f"{1e3 * v:.2f}" for v in asdict(r.calibration.costs[name][k])
+                          .values()) for r in rows.values())
+            print(f"{name:<22}{k:>3}{d.memory_bytes / 1e6:>8.2f}{1e3 * d.latency_s:>9.2f}"
+                  f"   {cells}")
+    print("runtime CPU per frame outside inference: " + " / ".join(
+        f"{1e3 * r.calibration.frame_cpu_s:.3f}" for r in rows.values()) + " ms")
+    print(f"\n{'policy':<16}{'figure':<18}{'measured':>12}{'simulated':>12}{'error':>8}"
+          f"{'fluid':>12}")
     compared = {}
-    for policy, (live, sim) in rows.items():
-        compared[policy] = compare(live, sim)
+    for policy, row in rows.items():
+        live = row.live
+        compared[policy] = compare(live, row.sim, row.fluid)
         for figure, c in compared[policy].items():
             error = "-" if c.error is None else f"{100 * c.error:.0f}%"
-            print(f"{policy:<16}{figure:<18}{c.measured:>12.4g}{c.simulated:>12.4g}{error:>8}")
-        print(f"{policy:<16}{'model loads':<18}{live.loads:>12d}"
-              f"{'swap ' + format(sim.summary.swapping_s, '.0f') + ' s':>12}")
+            fluid_text = "-" if c.fluid is None else format(c.fluid, ".4g")
+            print(f"{policy:<16}{figure:<18}{c.measured:>12.4g}{c.simulated:>12.4g}{error:>8}"
+                  f"{fluid_text:>12}")
+        cpu = live.cpu
+        print(f"{policy:<16}CPU s: process {cpu.process_s:.2f} = clients {cpu.clients_s:.2f}"
+              f" + daemon {cpu.daemon_s:.2f} (worker {cpu.worker_s:.2f}, events"
+              f" {cpu.events_s:.2f}, other {cpu.daemon_s - cpu.worker_s - cpu.events_s:.2f});"
+              f" load average {row.load_average[0]:.1f} -> {row.load_average[1]:.1f}")
+    print(f"\n{'policy':<16}{'app':<6}{'model':<22}{'frames':>15}{'drops':>13}{'loads':>13}"
+          "   (measured / simulated)")
+    for policy, row in rows.items():
+        for record, stats in zip(row.live.apps, row.sim.apps, strict=True):
+            print(f"{policy:<16}{record.name:<6}{record.model:<22}"
+                  f"{record.outcomes.get('completed', 0):>7} /{stats.frames_done:>6.0f}"
+                  f"{record.outcomes.get('dropped', 0):>6} /{stats.frames_dropped:>5.0f}"
+                  f"{record.loads:>6} /{stats.loads or 0:>5}")
+    worst = max((c.error for cs in compared.values() for c in cs.values()
+                 if c.error is not None), default=0.0)
+    print(f"largest error {100 * worst:.0f}% (goal {100 * GOAL_RELATIVE_ERROR:.0f}%)")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / ("daemon_live_quick.json" if args.quick else "daemon_live.json")
     path.write_text(json.dumps({
         "synthetic": bool(args.quick), "models_dir": str(models_dir),
-        "threads": args.threads, "load_bandwidth_bytes_per_s": swap.bandwidth_bytes_per_s,
-        "load_average_1m": os.getloadavg()[0], "goal_relative_error": GOAL_RELATIVE_ERROR,
+        "threads": args.threads, "queue_size": args.queue_size,
+        "goal_relative_error": GOAL_RELATIVE_ERROR, "largest_error": worst,
         "trace": trace.model_dump(mode="json"), "models": workload.models,
-        "results": {p: {"measured": asdict(live), "simulated": sim.summary.model_dump(),
+        "results": {p: {"measured": asdict(r.live) | {"cpu_daemon_s": r.live.cpu.daemon_s},
+                        "simulated": r.sim.summary.model_dump(),
+                        "simulated_apps": [a.model_dump() for a in r.sim.apps],
+                        "fluid": r.fluid.summary.model_dump(),
                         "comparison": {f: {**asdict(c), "error": c.error}
-                                       for f, c in compared[p].items()}}
-                    for p, (live, sim) in rows.items()},
+                                       for f, c in compared[p].items()},
+                        "calibration": {"frame_cpu_s": r.calibration.frame_cpu_s,
+                                        "costs": {n: [asdict(c) for c in cs]
+                                                  for n, cs in r.calibration.costs.items()},
+                                        "fluid_swap_model": asdict(r.swap)},
+                        "load_average_1m": list(r.load_average)}
+                    for p, r in rows.items()},
     }, indent=2))
     print(f"wrote {path}")
 

@@ -79,6 +79,7 @@ class Counted(Protocol):
     frames_in: float
     frames_done: float
     frames_late: float
+    loads: int
 
 
 @dataclass
@@ -223,6 +224,7 @@ class ExecutorReplay:
             self.switches_in_place += 1
         else:
             self.loads += 1
+            lane.totals.loads += 1
         lane.resident = lane.target
         self.load_s += cost.load_s
         self.cpu_s += cost.load_cpu_s
@@ -273,6 +275,7 @@ class ExecutorReplay:
                 pass
             lane.resident = lane.target
             self.loads += 1
+            lane.totals.loads += 1
             self.load_s += cost.load_s
             service += cost.load_s
             cpu += cost.load_cpu_s

@@ -210,6 +210,8 @@ class AppStats(BaseModel):
     switches: int
     switch_bytes: int
     load_bytes: int
+    loads: int | None = Field(
+        default=None, description="Descendants loaded from storage (runtime model only).")
 
 
 class Summary(BaseModel):
@@ -286,8 +288,9 @@ class _Running:
     switches: int = 0
     switch_bytes: int = 0
     load_bytes: int = 0
+    loads: int = 0
 
-    def stats(self, end_s: float) -> AppStats:
+    def stats(self, end_s: float, replayed: bool = False) -> AppStats:
         """The app's figures up to its stop or `end_s`."""
         stop = self.stop_s if self.stop_s is not None else end_s
         run = stop - self.start_s
@@ -310,6 +313,7 @@ class _Running:
             switches=self.switches,
             switch_bytes=self.switch_bytes,
             load_bytes=self.load_bytes,
+            loads=self.loads if replayed else None,
         )
 
 
@@ -525,7 +529,7 @@ class _Simulator:
             replay.apply(end, {}, list(replay.lanes), self.budget, swapping=False)
             self.busy_s, self.load_s = replay.busy_s, replay.load_s
         everyone = sorted(self.finished + list(self.running.values()), key=lambda a: a.start_s)
-        stats = [a.stats(end) for a in everyone]
+        stats = [a.stats(end, replayed=replay is not None) for a in everyone]
         run = sum(s.run_s for s in stats)
         admitted = sum(a.admitted_s for a in everyone)
         done = sum(s.frames_done for s in stats)
