@@ -41,6 +41,10 @@ Real models (a directory of NAME.nest + NAME.profile.json pairs, e.g. runs/model
 Check of the machinery on small SYNTHETIC models generated on the spot (random weights,
 assigned accuracies, measured latencies; clearly not a result about real models):
     .venv/bin/python benchmarks/daemon_live.py --quick
+Check of the simulator's structure alone (`--stub-costs`): the runtime runs stub models
+that spin for known wall times and the simulator is given exactly those times, so what is
+left of the difference is the model of queues, scheduling and swapping (and the machine):
+    .venv/bin/python benchmarks/daemon_live.py --models runs/models --stub-costs
 """
 
 from __future__ import annotations
@@ -253,11 +257,11 @@ class WorkerClock:
         self.cpu_s = time.thread_time()
 
 
-def run_live(catalogue: ModelCatalogue, settings: RuntimeSettings, workload: Workload
-             ) -> LiveResult:
+def run_live(catalogue: ModelCatalogue, settings: RuntimeSettings, workload: Workload,
+             runtime_class: type[Runtime] = Runtime) -> LiveResult:
     """Replay the trace in real time against a fresh runtime; measure every app."""
     clock = WorkerClock()
-    runtime = Runtime(catalogue, settings, job_observer=clock)
+    runtime = runtime_class(catalogue, settings, job_observer=clock)
     runtime.start()
     try:
         records, process_s, clients_s, events_s = _replay(runtime, catalogue, workload)
@@ -456,6 +460,57 @@ class _StubRuntime(Runtime):
         return _StubBackend()
 
 
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+class _SpinModel(_StubModel):
+    """A stub descendant whose frames and switches (in place, like torch's) keep the
+    thread busy for known wall times."""
+
+    switches_in_place = True
+
+    def __init__(self, costs: list[DescendantCosts], descendant: int, classes: int) -> None:
+        super().__init__(descendant, classes)
+        self._costs = costs
+        _spin(costs[descendant].load_s)
+
+    def predict(self, frame: torch.Tensor) -> list[float]:
+        _spin(self._costs[self._descendant].service_s)
+        return self._probabilities
+
+    def switch_in_place(self, descendant: int) -> None:
+        _spin(self._costs[descendant].load_s)
+        self._descendant = descendant
+
+
+def spin_costs(catalogue: ModelCatalogue, calibration: Calibration
+               ) -> dict[str, list[DescendantCosts]]:
+    """The stub costs of ``--stub-costs``: a frame takes the profile's latency, a load the
+    load time measured on the real model; processor time = wall time."""
+    return {name: [DescendantCosts(d.latency_s, d.latency_s, c.load_s, c.load_s)
+                   for d, c in zip(entry.descendants("torch"), calibration.costs[name],
+                                   strict=True)]
+            for name, entry in catalogue.entries.items()}
+
+
+def spin_runtime(costs: dict[str, list[DescendantCosts]]) -> type[Runtime]:
+    """A runtime class whose models spin for exactly ``costs`` (frames and loads)."""
+
+    class SpinBackend(_StubBackend):
+        def open(self, entry: CatalogueEntry, descendant: int) -> LoadedModel:
+            return _SpinModel(costs[entry.name], descendant, len(entry.class_names))
+
+    class SpinRuntime(Runtime):
+        @staticmethod
+        def _make_backend(settings: RuntimeSettings) -> Backend:
+            return SpinBackend()
+
+    return SpinRuntime
+
+
 def frame_overhead_cpu_s(catalogue: ModelCatalogue, fps: float = 200.0,
                          seconds: float = 3.0) -> float:
     """The runtime's CPU per frame outside inference: a real runtime on stub models, one
@@ -559,6 +614,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              " apps' largest descendants")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--queue-size", type=int, default=4, help="the runtime's per-app queue")
+    parser.add_argument("--stub-costs", action="store_true",
+                        help="check of the simulator's structure: the runtime runs stub models"
+                             " that spin for known times (frame: the profile's latency; load:"
+                             " the real load time measured), the simulator gets those times")
     parser.add_argument("--policies", default=",".join(POLICIES),
                         help="comma-separated policies to run")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
@@ -575,11 +634,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = {}
     for policy in args.policies.split(","):
         calibration = calibrate(catalogue, args.threads)  # just before: the same conditions
+        runtime_class = Runtime
+        if args.stub_costs:
+            calibration.costs = spin_costs(catalogue, calibration)
+            runtime_class = spin_runtime(calibration.costs)
         swap = calibration.swap_model(catalogue)
         load_before = os.getloadavg()[0]
         live = run_live(catalogue, RuntimeSettings(
             memory_budget_bytes=workload.trace.memory_budget_bytes, policy=policy,
-            threads=args.threads, queue_size=args.queue_size), workload)
+            threads=args.threads, queue_size=args.queue_size), workload, runtime_class)
         model = calibration.runtime_model(workload, args.queue_size)
         rows[policy] = Row(live, simulate(workload.trace, policy, swap=swap, runtime=model),
                            simulate(workload.trace, policy, swap=swap), calibration, swap,
@@ -606,6 +669,8 @@ def report(rows: dict[str, Row], workload: Workload, catalogue: ModelCatalogue,
     """Print the tables (inputs; measured / simulated / error / fluid) and write the JSON."""
     trace = workload.trace
     label = "  (SYNTHETIC: random weights, assigned accuracies)" if args.quick else ""
+    if args.stub_costs:
+        label += "  STUB COSTS: models spin for known times (a check of the model structure)"
     print(f"\nmodels: {models_dir}{label}")
     print("apps: " + ", ".join(f"{a}={m}" for a, m in workload.models.items()))
     print(f"budget {trace.memory_budget_bytes:,} B, {len(trace.events)} events over"
@@ -655,9 +720,11 @@ def report(rows: dict[str, Row], workload: Workload, catalogue: ModelCatalogue,
                  if c.error is not None), default=0.0)
     print(f"largest error {100 * worst:.0f}% (goal {100 * GOAL_RELATIVE_ERROR:.0f}%)")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / ("daemon_live_quick.json" if args.quick else "daemon_live.json")
+    stem = "daemon_live" + ("_quick" if args.quick else "") + ("_stub" if args.stub_costs else "")
+    path = args.out / f"{stem}.json"
     path.write_text(json.dumps({
-        "synthetic": bool(args.quick), "models_dir": str(models_dir),
+        "synthetic": bool(args.quick), "stub_costs": bool(args.stub_costs),
+        "models_dir": str(models_dir),
         "threads": args.threads, "queue_size": args.queue_size,
         "goal_relative_error": GOAL_RELATIVE_ERROR, "largest_error": worst,
         "trace": trace.model_dump(mode="json"), "models": workload.models,
