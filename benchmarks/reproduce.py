@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -58,8 +59,8 @@ APPS = [
     PipelinePlan(
         name="footwear-vgg11", arch="vgg11", width_mult=0.25,
         data_args=(*FMNIST, "--classes", "Sandal,Sneaker,Ankle boot"),
-        train_epochs=6, prune_ratio=0.15, prune_retrain_epochs=0.5, prune_max_steps=8,
-        accuracy_drop=0.01, descendants=5, epochs_per_level=1.0,
+        train_epochs=6, prune_ratio=0.2, prune_retrain_epochs=0.5, prune_max_steps=8,
+        accuracy_drop=0.03, descendants=5, epochs_per_level=1.0,
         profile_backends="torch,tflite", threads=1,
     ),
 ]  # fmt: skip
@@ -77,6 +78,7 @@ class Job:
     output: Path | None = None  # done when this exists (else: when it last succeeded)
     exclusive: bool = False  # measures time: runs with nothing else running
     valid: Callable[[], bool] | None = None
+    late: bool = False  # started only when no other job is ready (long, and nothing waits on it)
 
 
 @dataclass
@@ -172,7 +174,7 @@ def multicapacity_jobs(plan: PipelinePlan, dirs: PipelineDirs, out: Path) -> lis
     jobs = [
         Job(name, lambda k=k: bench("multicapacity.py", *common, "--train-baseline", str(k),
                                     "--threads", "1"),
-            (f"{plan.name}:recover",))
+            (f"{plan.name}:recover",), late=True)
         for k, name in enumerate(baselines)
     ]  # fmt: skip
     jobs.append(Job(f"{plan.name}:multicapacity", lambda: bench("multicapacity.py", *common),
@@ -198,6 +200,30 @@ class Runner:
         return job.output.exists() and (job.valid is None or job.valid())
 
     def run(self) -> int:
+        """Run every job not done yet; on SIGINT/SIGTERM stop the running jobs (they resume)."""
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            return self._run()
+        except KeyboardInterrupt:
+            print(f"[{clock()}] interrupted: stopping {sorted(self.running) or 'nothing'};"
+                  " rerun to continue", flush=True)
+            return 130
+        finally:
+            self.stop_all()
+            signal.signal(signal.SIGTERM, previous)
+
+    def stop_all(self) -> None:
+        for process, _, _ in self.running.values():
+            process.terminate()
+        for process, _, _ in self.running.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.running.clear()
+
+    def _run(self) -> int:
         finished = {name for name, job in self.jobs.items() if self.done(job)}
         total, started = len(self.jobs), time.monotonic()
         print(f"reproduce: {len(finished)}/{total} jobs already done; logs in "
@@ -224,7 +250,7 @@ class Runner:
                  and all(d in finished for d in job.deps)]  # fmt: skip
         if any(self.jobs[name].exclusive for name in self.running):
             return
-        shared = [job for job in ready if not job.exclusive]
+        shared = sorted((job for job in ready if not job.exclusive), key=lambda job: job.late)
         for job in shared[: self.parallel - len(self.running)]:
             self.start(job)
         if not self.running and not shared and ready:
@@ -277,6 +303,10 @@ class Runner:
         for name, (_, began, log_path) in self.running.items():
             print(f"    {name} ({(time.monotonic() - began) / 60:.0f} min): "
                   f"{last_line(Path(log_path))}", flush=True)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def last_line(path: Path, width: int = 100) -> str:
