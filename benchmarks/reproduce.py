@@ -26,9 +26,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
@@ -193,6 +194,11 @@ class Runner:
         self.ledger = Ledger.load(root / "jobs.json")
         self.running: dict[str, tuple[subprocess.Popen[bytes], float, str]] = {}
         self.failed: set[str] = set()
+        self.selected = set(self.jobs)
+
+    def select(self, names: Iterable[str]) -> None:
+        """Run only these jobs; the others count as done if they are, else block."""
+        self.selected = set(names)
 
     def done(self, job: Job) -> bool:
         if job.output is None:
@@ -238,16 +244,16 @@ class Runner:
             if time.monotonic() - last_status >= self.status_every_s:
                 self.print_status(len(finished), total, time.monotonic() - started)
                 last_status = time.monotonic()
-        blocked = set(self.jobs) - finished - self.failed
+        blocked = self.selected - finished - self.failed
         minutes = (time.monotonic() - started) / 60
         print(f"reproduce: {len(finished)}/{total} done in {minutes:.1f} min; failed:"
               f" {sorted(self.failed) or 'none'}; not run: {sorted(blocked) or 'none'}")
         return 0 if not self.failed and not blocked else 1
 
     def start_ready(self, finished: set[str]) -> None:
+        waiting = self.selected - finished - self.running.keys() - self.failed
         ready = [job for name, job in self.jobs.items()
-                 if name not in finished and name not in self.running and name not in self.failed
-                 and all(d in finished for d in job.deps)]  # fmt: skip
+                 if name in waiting and all(d in finished for d in job.deps)]
         if any(self.jobs[name].exclusive for name in self.running):
             return
         shared = sorted((job for job in ready if not job.exclusive), key=lambda job: job.late)
@@ -336,6 +342,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--status-every", type=float, default=60.0,
                         help="seconds between progress lines (default: %(default)s)")
     parser.add_argument("--list", action="store_true", help="list the jobs and exit")
+    parser.add_argument("--only", action="append", metavar="PATTERN",
+                        help="run only jobs whose name matches this glob (repeatable), e.g."
+                             " 'footwear-vgg11:*'; their unfinished dependencies are not run")
     parser.add_argument("--no-report", action="store_true",
                         help="do not write docs/results.md at the end")
     return parser.parse_args(argv)
@@ -348,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     args.root.mkdir(parents=True, exist_ok=True)
     try:
         runner = Runner(build_jobs(args.root, APPS), args.root, args.parallel, args.status_every)
+        if args.only:
+            runner.select(name for name in runner.jobs if any(fnmatch(name, p) for p in args.only))
     except NestError as e:
         print(f"reproduce: error: {e}", file=sys.stderr)
         return 2
@@ -357,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'  (alone)' if job.exclusive else ''}")
         return 0
     code = runner.run()
-    if code == 0 and not args.no_report:
+    if code == 0 and not args.no_report and not args.only:
         from report import write_report
 
         path = write_report(args.root, APPS, ROOT_DIR / "docs")
