@@ -135,7 +135,7 @@ def pipeline_stages(plan: PipelinePlan, dirs: PipelineDirs) -> list[Stage]:
 
     return [
         Stage("train", dirs.train / "train.json", train),
-        Stage("prune", dirs.prune / "seed.pt", prune),
+        Stage("prune", dirs.prune / "roadmap.json", prune, lambda: pruning_finished(dirs.prune)),
         Stage("recover", dirs.nest, recover),
         Stage("profile", dirs.profile, profile, lambda: profile_matches(dirs.profile, dirs.nest)),
     ]
@@ -147,6 +147,14 @@ def seed_accuracy_floor(plan: PipelinePlan, dirs: PipelineDirs) -> float:
         return plan.min_accuracy
     vanilla_val = _read_json(dirs.train / "train.json")["val_accuracy"]
     return round(max(0.0, vanilla_val - plan.accuracy_drop), 4)
+
+
+def pruning_finished(prune_dir: Path) -> bool:
+    """True once the roadmap records why pruning stopped (seed.pt exists after every step)."""
+    try:
+        return _read_json(prune_dir / "roadmap.json").get("stopped") is not None
+    except NestError:
+        return False
 
 
 def profile_matches(profile: Path, nest: Path) -> bool:

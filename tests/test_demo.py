@@ -1,10 +1,14 @@
-"""`nestdnn demo --quick`: the whole story on synthetic data, and its refusal of a busy port."""
+"""`nestdnn demo --quick`: the whole story on synthetic data, resuming after being killed,
+and its refusal of a busy port."""
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,16 +22,45 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_quick_demo_plays_the_whole_scenario(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [*NESTDNN, "demo", "--quick", "--dir", str(tmp_path), "--port", str(_free_port())],
-        capture_output=True,
-        text=True,
-        timeout=900,
+def _demo(directory: Path) -> list[str]:
+    return [*NESTDNN, "demo", "--quick", "--dir", str(directory), "--port", str(_free_port())]
+
+
+def _roadmap(directory: Path) -> dict:
+    try:
+        return json.loads((directory / "prune" / "roadmap.json").read_text())
+    except (OSError, ValueError):
+        return {"steps": []}
+
+
+def _kill_during_pruning(directory: Path) -> None:
+    """Start the demo and kill it (SIGTERM: no clean-up) once pruning has recorded a step."""
+    process = subprocess.Popen(
+        _demo(directory), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    deadline = time.monotonic() + 600
+    try:
+        while len(_roadmap(directory)["steps"]) < 2:  # the vanilla model and one pruned step
+            assert process.poll() is None, "the demo ended before pruning recorded a step"
+            assert time.monotonic() < deadline, "pruning recorded no step in 10 minutes"
+            time.sleep(0.05)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    assert _roadmap(directory)["stopped"] is None, "pruning finished before the kill"
+
+
+@pytest.mark.slow
+def test_quick_demo_resumes_after_being_killed_and_plays_the_whole_scenario(
+    tmp_path: Path,
+) -> None:
+    _kill_during_pruning(tmp_path)
+
+    run = subprocess.run(_demo(tmp_path), capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
+    assert "[train] reusing" in out
+    assert re.search(r"resuming \S+ after step [12]", run.stderr)  # pruning went on
     for event in [
         "camera starts",
         "doorbell starts",
@@ -45,12 +78,7 @@ def test_quick_demo_plays_the_whole_scenario(tmp_path: Path) -> None:
     three_apps = out.split("== album starts")[1].split("==")[0]
     assert "memory" in three_apps and " 0 " in three_apps
 
-    again = subprocess.run(
-        [*NESTDNN, "demo", "--quick", "--dir", str(tmp_path), "--port", str(_free_port())],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = subprocess.run(_demo(tmp_path), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     for stage in ("train", "prune", "recover", "profile"):
         assert f"[{stage}] reusing" in again.stdout
