@@ -569,6 +569,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-baseline", type=int, metavar="K",
                         help="only train (or resume) the from-scratch baseline of descendant K"
                              " into the cache, then exit; several can run side by side")
+    parser.add_argument("--no-onednn", action="store_true",
+                        help="train with oneDNN (mkldnn) kernels off: 2x slower, but works around"
+                             " a heap corruption ('double free or corruption') that torch"
+                             " 2.14.1's oneDNN backward hits on this CPU when training ResNet-20"
+                             " at some pruned widths (e.g. 6/11/22) on Fashion-MNIST")
     parser.add_argument("--skip-accuracy", action="store_true",
                         help="measure only (b) storage, (c) switching and (d) latency: skip (a),"
                              " whose from-scratch baselines take hours to train")
@@ -580,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.no_onednn:
+        torch.backends.mkldnn.enabled = False
     try:
         setup = quick_setup(args) if args.quick else real_setup(args)
         manifest = read_manifest(setup.nest)
