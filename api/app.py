@@ -38,6 +38,7 @@ def create_app(runtime: Runtime, settings: ApiSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.daemon = daemon
+    app.router.routes.append(infer.InferRoute())  # serves infer ahead of the documented route
     for module in (apps, infer, schedule, models, health):
         app.include_router(module.router)
     install_error_handlers(app)

@@ -164,19 +164,36 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
     return credentials.credentials
 
 
+def bearer_credentials(authorization: str | None) -> HTTPAuthorizationCredentials | None:
+    """The credentials of an ``Authorization`` header value, read as FastAPI's `HTTPBearer`
+    reads them (scheme ``Bearer`` in any case, the token stripped), or None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if not (scheme and token) or scheme.lower() != "bearer":
+        return None
+    return HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
+
+
+def check_app_token(
+    auth: Authenticator, app_id: str, credentials: HTTPAuthorizationCredentials | None
+) -> str:
+    """The app id if the credentials are that app's token or the admin token; else 401 (no
+    token), 404 (no such app) or 403 (another token), as an HTTPException."""
+    token = _token(credentials)
+    if auth.store.verify(app_id, token) or auth.is_admin(token):
+        return app_id
+    if not auth.app_exists(app_id):
+        raise HTTPException(status_code=404, detail=f"no app with id {app_id!r}")
+    raise HTTPException(status_code=403, detail=f"this token does not belong to app {app_id!r}")
+
+
 async def require_app_token(
     app_id: str,
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(app_bearer)],
 ) -> str:
     """Dependency: the caller holds this app's token (or the admin token); returns the app id."""
-    token = _token(credentials)
-    auth = _authenticator(request)
-    if auth.store.verify(app_id, token) or auth.is_admin(token):
-        return app_id
-    if not auth.app_exists(app_id):
-        raise HTTPException(status_code=404, detail=f"no app with id {app_id!r}")
-    raise HTTPException(status_code=403, detail=f"this token does not belong to app {app_id!r}")
+    return check_app_token(_authenticator(request), app_id, credentials)
 
 
 async def require_admin(

@@ -508,6 +508,51 @@ def test_health_and_openapi(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
 
 
+def test_infer_is_served_by_the_lean_route_and_answers_as_fastapi_would(
+    client: TestClient,
+) -> None:
+    """The hot path bypasses FastAPI's request handling: the same OpenAPI operation, the
+    same 401/403/404, the same 422 for a bad top_k, the route template in the metrics."""
+    from api.routers.infer import InferRoute
+
+    served = [r for r in client.app.router.routes
+              if getattr(r, "path", "") == "/v1/apps/{app_id}/infer"]
+    assert isinstance(served[0], InferRoute)  # matched first
+    operation = client.get("/openapi.json").json()["paths"]["/v1/apps/{app_id}/infer"]["post"]
+    assert operation["security"] == [{"AppToken": []}]
+    params = {p["name"]: p for p in operation["parameters"]}
+    assert params["app_id"]["in"] == "path" and params["app_id"]["required"]
+    top_k = params["top_k"]
+    assert (top_k["in"], top_k["required"]) == ("query", False)
+    assert top_k["schema"]["anyOf"][0] == {"maximum": 1000, "minimum": 1, "type": "integer"}
+
+    app, other = register(client), register(client, "beta")
+    body = npy_bytes(frame())
+    for value, kind in [("0", "greater_than_equal"), ("1001", "less_than_equal"),
+                        ("abc", "int_parsing"), ("", "int_parsing"), ("1.5", "int_parsing")]:
+        answer = infer(client, app, body, top_k=value)
+        assert answer.status_code == 422, value
+        (error,) = answer.json()["detail"]
+        assert (error["type"], error["loc"], error["input"]) == (kind, ["query", "top_k"], value)
+    assert len(infer(client, app, body, top_k=[2, 3]).json()["top_k"]) == 3  # the last wins
+    url = f"/v1/apps/{app['id']}/infer"
+    headers = {"content-type": "application/x-npy"}
+    for authorization in [None, "Bearer ", "Basic abc", app["token"]]:
+        sent = headers if authorization is None else {**headers, "Authorization": authorization}
+        answer = client.post(url, content=body, headers=sent)
+        assert answer.status_code == 401, authorization
+        assert answer.headers["www-authenticate"] == "Bearer"
+        assert "missing bearer token" in answer.json()["detail"]
+    for authorization in [f"bearer {app['token']}", f"Bearer   {app['token']}  "]:
+        sent = {**headers, "Authorization": authorization}
+        assert client.post(url, content=body, headers=sent).status_code == 200, authorization
+    assert infer(client, app, body, token=other["token"]).status_code == 403
+    assert infer(client, app, body, token=ADMIN).status_code == 200
+    gone = client.post("/v1/apps/nope/infer", content=body, headers={**headers, **bearer("x")})
+    assert (gone.status_code, gone.json()) == (404, {"detail": "no app with id 'nope'"})
+    assert client.get(url).status_code == 405
+
+
 def test_metrics_expose_per_app_and_daemon_fields(client: TestClient) -> None:
     app = register(client)
     for seed in range(3):
