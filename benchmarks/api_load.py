@@ -3,8 +3,11 @@
 For each K (default 2, 8, 32) the clients send batch-1 frames (float32 .npy, each model's
 input shape) over keep-alive connections to the registered apps (one app per model; client i
 uses app i mod n); the same descendants are also run directly in this process (plain forward
-passes, same thread count, the models in turn) for the ratio REST / direct. Goal: REST >= 70%
-of direct at batch 1 (VGG-16 x0.25 on 28x28), no errors but documented 429s.
+passes, same thread count, the models in turn) for the ratio REST / direct. With several
+models the daemon's scheduler decides how many frames of each it serves, so "direct" is the
+rate at which direct forward passes would compute the same mix of frames (each model's frames
+times its measured time per frame). Goal: REST >= 70% of direct at batch 1 (VGG-16 x0.25 on
+28x28), no errors but documented 429s.
 
     .venv/bin/python benchmarks/api_load.py --models runs/models --model fmnist-vgg16
     .venv/bin/python benchmarks/api_load.py --models runs/models   # every model, mixed
@@ -37,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -82,10 +86,21 @@ class Slice:
     client_cpu_s: float  # the load generator's CPU (REST only)
     others_cores: float  # CPU of the machine's other processes, in cores, meanwhile
     statuses: dict[str, int] = field(default_factory=dict)
+    model_frames: dict[str, int] = field(default_factory=dict)  # frames per model
+    model_seconds: dict[str, float] = field(default_factory=dict)  # forward time (direct)
 
     @property
     def throughput(self) -> float:
         return self.frames / self.seconds
+
+
+def direct_rate(direct: list[Slice], mix: dict[str, int]) -> float:
+    """Frames per second of direct forward passes computing ``mix`` (frames per model)."""
+    per_frame = {m: sum(s.model_seconds[m] for s in direct) / sum(s.model_frames[m]
+                                                                   for s in direct)
+                 for m in mix}
+    work = sum(n * per_frame[m] for m, n in mix.items())
+    return sum(mix.values()) / work if work > 0 else 0.0
 
 
 @dataclass
@@ -100,17 +115,23 @@ class LoadResult:
     p99_ms: float | None
     load_average_1m: float
 
-    @staticmethod
-    def _total(slices: list[Slice]) -> float:
-        return sum(s.frames for s in slices) / sum(s.seconds for s in slices)
-
     @property
     def rest_throughput(self) -> float:
-        return self._total(self.rest)
+        return sum(s.frames for s in self.rest) / sum(s.seconds for s in self.rest)
+
+    @property
+    def rest_mix(self) -> dict[str, int]:
+        mix: dict[str, int] = {}
+        for s in self.rest:
+            for model, n in s.model_frames.items():
+                mix[model] = mix.get(model, 0) + n
+        return mix
 
     @property
     def direct_throughput(self) -> float:
-        return self._total(self.direct)
+        """Direct forward passes' rate for the frames REST served (see the module docstring)."""
+        return direct_rate(self.direct, self.rest_mix or {m: 1 for m in
+                                                          self.direct[0].model_frames})
 
     @property
     def ratio(self) -> float:
@@ -118,7 +139,8 @@ class LoadResult:
 
     @property
     def round_ratios(self) -> list[float]:
-        return [r.throughput / d.throughput for r, d in zip(self.rest, self.direct, strict=True)]
+        return [r.throughput / direct_rate([d], r.model_frames or d.model_frames)
+                for r, d in zip(self.rest, self.direct, strict=True)]
 
     @property
     def errors(self) -> dict[str, int]:
@@ -144,6 +166,7 @@ class LoadResult:
         return {
             "clients": self.clients,
             "rest_frames_per_s": self.rest_throughput,
+            "rest_frames_per_model": self.rest_mix,
             "direct_frames_per_s": self.direct_throughput,
             "ratio_to_direct": self.ratio,
             "round_ratios": self.round_ratios,
@@ -210,8 +233,11 @@ async def client(
     stop: float,
     latencies: list[float],
     statuses: dict[int, int],
+    done: Counter[str] | None = None,
+    model: str = "",
 ) -> None:
-    """Send requests back to back until `stop`; record those started after `start`."""
+    """Send requests back to back until `stop`; record those started after `start` (their
+    statuses, OK latencies, and OK answers per model in ``done``)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while (t0 := time.perf_counter()) < stop:
@@ -222,6 +248,8 @@ async def client(
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == 200:
                     latencies.append(t1 - t0)
+                    if done is not None:
+                        done[model] += 1
     finally:
         writer.close()
 
@@ -262,22 +290,25 @@ async def rest_slice(port: int, targets: list[Target], k: int, warmup_s: float, 
                      pid: int, latencies: list[float]) -> Slice:
     """K clients (client i on target i mod n) for warm-up + ``seconds``."""
     statuses: dict[int, int] = {}
+    done: Counter[str] = Counter()
     start = time.perf_counter() + warmup_s
     stop = start + seconds
-    gathered = asyncio.gather(*[client(port, targets[i % len(targets)].request, start, stop,
-                                       latencies, statuses) for i in range(k)])
+    gathered = asyncio.gather(*[client(port, t.request, start, stop, latencies, statuses, done,
+                                       t.model)
+                                for t in (targets[i % len(targets)] for i in range(k))])
     await asyncio.sleep(max(0.0, start - time.perf_counter()))
     meter = CpuMeter(pid)
     await gathered
     wall, server, own, others = meter.stop()
     return Slice(wall, statuses.get(200, 0), server, own, others,
-                 {str(s): n for s, n in sorted(statuses.items())})
+                 {str(s): n for s, n in sorted(statuses.items())}, dict(done))
 
 
-def direct_slice(models: list[torch.nn.Module], frames: list[torch.Tensor], seconds: float
-                 ) -> Slice:
+def direct_slice(targets: list[Target], models: list[torch.nn.Module],
+                 frames: list[torch.Tensor], seconds: float) -> Slice:
     """Batch-1 forward passes, the models in turn, for ``seconds`` (after a short warm-up)."""
-    count = 0
+    counts = dict.fromkeys((t.model for t in targets), 0)
+    spent = dict.fromkeys(counts, 0.0)
     with torch.inference_mode():
         for _ in range(5):
             for model, frame in zip(models, frames, strict=True):
@@ -285,11 +316,13 @@ def direct_slice(models: list[torch.nn.Module], frames: list[torch.Tensor], seco
         meter = CpuMeter(None)
         stop = time.perf_counter() + seconds
         while time.perf_counter() < stop:
-            for model, frame in zip(models, frames, strict=True):
+            for target, model, frame in zip(targets, models, frames, strict=True):
+                t0 = time.perf_counter()
                 model(frame)
-                count += 1
+                spent[target.model] += time.perf_counter() - t0
+                counts[target.model] += 1
         wall, _, own, others = meter.stop()
-    return Slice(wall, count, own, 0.0, others)
+    return Slice(wall, sum(counts.values()), own, 0.0, others, {}, counts, spent)
 
 
 def measure(k: int, targets: list[Target], models: list[torch.nn.Module],
@@ -300,7 +333,7 @@ def measure(k: int, targets: list[Target], models: list[torch.nn.Module],
     latencies: list[float] = []
     direct, rest = [], []
     for _ in range(args.rounds):
-        direct.append(direct_slice(models, frames, seconds))
+        direct.append(direct_slice(targets, models, frames, seconds))
         rest.append(asyncio.run(rest_slice(port, targets, k, args.warmup, seconds, pid,
                                            latencies)))
     ms = np.array(latencies) * 1000.0
