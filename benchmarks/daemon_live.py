@@ -382,7 +382,7 @@ class Calibration:
 
 
 def calibrate(catalogue: ModelCatalogue, threads: int, frames: int = 200,
-              load_repeats: int = 5) -> Calibration:
+              load_repeats: int = 11) -> Calibration:
     """Measure what the runtime model needs (see the module docstring)."""
     torch.set_num_threads(threads)
     backend = TorchBackend()
@@ -402,8 +402,7 @@ def calibrate(catalogue: ModelCatalogue, threads: int, frames: int = 200,
                     wall[name, k].append(time.perf_counter() - t)
                     cpu[name, k].append(time.thread_time() - c)
         del models
-        loads = {key: _time_loads(backend, catalogue.entries[key[0]], key[1], load_repeats)
-                 for key in wall}
+        loads = _time_loads(backend, catalogue, list(wall), load_repeats)
     finally:
         backend.close()
     costs = {e.name: [DescendantCosts(service_s=statistics.fmean(wall[e.name, k]),
@@ -414,16 +413,19 @@ def calibrate(catalogue: ModelCatalogue, threads: int, frames: int = 200,
     return Calibration(costs, frame_overhead_cpu_s(catalogue), frames, load_repeats)
 
 
-def _time_loads(backend: Backend, entry: CatalogueEntry, k: int, repeats: int
-                ) -> tuple[float, float]:
-    """Median wall and CPU seconds of loading descendant k (the file already opened)."""
-    walls, cpus = [], []
+def _time_loads(backend: Backend, catalogue: ModelCatalogue, keys: list[tuple[str, int]],
+                repeats: int) -> dict[tuple[str, int], tuple[float, float]]:
+    """Median wall and CPU seconds of loading each descendant (files already opened), the
+    descendants interleaved in ``repeats`` rounds (a burst of load hits them alike)."""
+    walls: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
+    cpus: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
     for _ in range(repeats):
-        t, c = time.perf_counter(), time.thread_time()
-        backend.open(entry, k).close()
-        walls.append(time.perf_counter() - t)
-        cpus.append(time.thread_time() - c)
-    return statistics.median(walls), statistics.median(cpus)
+        for name, k in keys:
+            t, c = time.perf_counter(), time.thread_time()
+            backend.open(catalogue.entries[name], k).close()
+            walls[name, k].append(time.perf_counter() - t)
+            cpus[name, k].append(time.thread_time() - c)
+    return {key: (statistics.median(walls[key]), statistics.median(cpus[key])) for key in keys}
 
 
 class _StubModel(LoadedModel):
