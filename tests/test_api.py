@@ -710,3 +710,21 @@ def test_nestdnn_serve_serves_logs_replans_and_shuts_down_gracefully(
     assert "state saved" in log_text
     saved = json.loads((state / "state.json").read_text())
     assert [a["id"] for a in saved["apps"]] == [app.id]
+
+
+def test_the_load_benchmark_compares_rest_with_direct_work_for_the_same_frame_mix() -> None:
+    """benchmarks/api_load.py: with several models, direct is the rate at which forward
+    passes would compute the frames REST served (each model's frames at its own cost)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import api_load
+
+    direct = [api_load.Slice(1.0, 300, 1.0, 0.0, 0.0, {}, {"a": 200, "b": 100},
+                             {"a": 0.2, "b": 0.8})]  # a: 1 ms per frame, b: 8 ms
+    assert api_load.direct_rate(direct, {"a": 1, "b": 1}) == pytest.approx(2 / 0.009)
+    assert api_load.direct_rate(direct, {"a": 300}) == pytest.approx(1000.0)
+    rest = api_load.Slice(1.0, 400, 1.2, 0.1, 0.0, {"200": 400, "429": 2}, {"a": 400})
+    result = api_load.LoadResult(clients=2, rounds=1, direct=direct, rest=[rest], p50_ms=1.0,
+                                 p99_ms=2.0, load_average_1m=0.0)
+    assert result.ratio == pytest.approx(0.4)
+    assert result.errors == {"429": 2} and result.undocumented_errors == 0
+    assert result.summary()["server_cpu_ms_per_frame"] == pytest.approx(3.0)

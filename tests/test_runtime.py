@@ -704,3 +704,34 @@ def test_accounted_bytes_never_exceed_the_budget(
         if any(kind in why for _, _, why in ledger.steps):
             event(f"ledger: {kind}")
     rt.stop()
+
+
+# ------------------------------------------------------------------ the live benchmark's parts
+
+
+def test_the_live_benchmark_mixes_the_models_and_measures_the_simulators_inputs(
+    catalogue: ModelCatalogue,
+) -> None:
+    """benchmarks/daemon_live.py: apps take the directory's models in turn; the budget lets
+    NestDNN run every app and the baseline swap any model in; the measured costs cover every
+    descendant and feed the simulator's runtime model, which replays the same trace."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import daemon_live
+
+    workload = daemon_live.build_workload(catalogue, duration_s=4.0, budget_fraction=0.5)
+    assert workload.models == {"app0": "cam", "app1": "mic", "app2": "cam", "app3": "mic"}
+    largest = max(sizes(catalogue, "cam")[-1], sizes(catalogue, "mic")[-1])
+    assert workload.trace.memory_budget_bytes >= largest
+    calibration = daemon_live.calibrate(catalogue, threads=1, frames=3, load_repeats=3)
+    for name in MODELS:
+        costs = calibration.costs[name]
+        assert len(costs) == catalogue.entries[name].num_descendants
+        assert all(c.service_s > 0 and c.cpu_s > 0 and c.load_s > 0 for c in costs)
+    assert 0 < calibration.frame_cpu_s < 0.05
+    model = calibration.runtime_model(workload, queue_size=4)
+    for policy in daemon_live.POLICIES:
+        result = simulate(workload.trace, policy, runtime=model)
+        assert result.summary.model == "runtime" and result.summary.cpu_s > 0
+        assert {a.name for a in result.apps} == set(workload.models)
