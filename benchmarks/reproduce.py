@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR))
 
+from nestdnn.checkpoint import atomic_write  # noqa: E402
 from nestdnn.errors import NestError  # noqa: E402
 from nestdnn.pipeline import PipelineDirs, PipelinePlan, pipeline_stages  # noqa: E402
 
@@ -114,9 +115,10 @@ class Ledger:
             raise NestError(f"{path} is not a reproduce job record ({e}); move it aside") from e
         return cls(path, records)
 
-    def save(self) -> None:
-        from nestdnn.checkpoint import atomic_write
-
+    def record(self, record: JobRecord) -> None:
+        """Add ``record`` and save, merging what other runners saved meanwhile (--only runs)."""
+        on_disk = Ledger.load(self.path).records if self.path.exists() else {}
+        self.records = {**on_disk, record.name: record}
         body = {"jobs": {name: asdict(r) for name, r in self.records.items()}}
         text = json.dumps(body, indent=1).encode()
         atomic_write(self.path, lambda f: f.write(text))
@@ -293,10 +295,9 @@ class Runner:
             code = os.waitstatus_to_exitcode(status)
             process.returncode = code
             wall = time.monotonic() - began
-            self.ledger.records[name] = JobRecord(
+            self.ledger.record(JobRecord(
                 name, datetime.now(timezone.utc).isoformat(timespec="seconds"), round(wall, 1),
-                round(usage.ru_utime + usage.ru_stime, 1), code)
-            self.ledger.save()
+                round(usage.ru_utime + usage.ru_stime, 1), code))
             job = self.jobs[name]
             if code == 0 and (job.output is None or job.output.exists()):
                 succeeded.add(name)
