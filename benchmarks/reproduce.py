@@ -154,6 +154,7 @@ def build_jobs(root: Path, apps: list[PipelinePlan]) -> list[Job]:
     jobs += [
         Job("profile-stability", lambda: bench(
             "profile_stability.py", str(stable.nest), "--backends", "torch,tflite",
+            "--runs", "200", "--rounds", "10",  # ~4 s per backend: a second is too short
             "--name", f"profile_stability_{STABILITY_APP}", "--out-dir", str(out)),
             (f"{STABILITY_APP}:profile",), out / f"profile_stability_{STABILITY_APP}.json",
             exclusive=True),
