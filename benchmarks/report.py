@@ -265,27 +265,37 @@ def profile_section(root: Path, apps: list[PipelinePlan], figures: Path) -> str:
 
 
 def scheduler_section(root: Path, figures: Path) -> str:
-    path = root / "bench" / "scheduler_vs_baseline.json"
-    data = read_json(path)
     parts = ["## Scheduler vs resource-agnostic, simulated (paper Fig. 9)",
              f"Paper: {PAPER['scheduler']}."]
+    for stem in ("scheduler_vs_baseline", "scheduler_vs_baseline_crowded"):
+        parts.append(simulation_part(root / "bench" / f"{stem}.json", figures))
+    return "\n\n".join(parts)
+
+
+def simulation_part(path: Path, figures: Path) -> str:
+    data = read_json(path)
+    parts = [f"### {path.stem.replace('_', ' ')}"]
     if data is None:
         return "\n\n".join([*parts, missing("simulation", path)])
     s = data["settings"]
     parts.append(
-        f"{data['profiles']}; {s['traces']} random traces of {s['duration']:g} s, at most"
+        f"{data['profiles'].replace(str(ROOT_DIR) + '/', '')}; {s['traces']} random traces of {s['duration']:g} s, at most"
         f" {s['max_apps']} apps at once, memory budget {s['budget_bytes'] / 1e6:.1f} MB,"
         " 30 fps per app. Each point is a policy (and alpha) averaged over the traces.")
     rows = [[p["policy"], "-" if p["alpha"] is None else p["alpha"], pct(p["accuracy"]),
              f"{p['fps']:.1f}", f"{p.get('busy_fraction', 0):.2f}"]
             for p in data["points"]]  # fmt: skip
     parts.append(md_table(["policy", "alpha", "accuracy", "fps per app", "busy fraction"], rows))
-    for policy, c in data["comparisons"].items():
-        parts.append(f"- {policy}: {json.dumps(c)}")
+    rows = [[policy, signed_pp(c["accuracy_gain_at_equal_fps"]),
+             "-" if c["fps_ratio_at_equal_accuracy"] is None
+             else f"{c['fps_ratio_at_equal_accuracy']:.2f}x"]
+            for policy, c in data["comparisons"].items()]  # fmt: skip
+    parts.append(md_table(["vs baseline", "accuracy at the baseline's fps",
+                           "fps at the baseline's accuracy"], rows))
     png = path.with_suffix(".png")
     if png.exists():
-        shutil.copy(png, figures / "fig9_scheduler_simulated.png")
-        parts.append("![scheduler vs baseline](results/fig9_scheduler_simulated.png)")
+        shutil.copy(png, figures / f"fig9_{path.stem}.png")
+        parts.append(f"![{path.stem}](results/fig9_{path.stem}.png)")
     return "\n\n".join(parts)
 
 
@@ -337,6 +347,10 @@ def api_section(root: Path) -> str:
               md_table(["clients", "REST frames/s", "direct frames/s", "REST / direct", "p50 ms",
                         "p99 ms", "errors"], rows)]  # fmt: skip
     return "\n\n".join(parts)
+
+
+def signed_pp(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:+.2f} pp"
 
 
 def fmt(x: Any) -> str:

@@ -162,6 +162,11 @@ def build_jobs(root: Path, apps: list[PipelinePlan]) -> list[Job]:
             "scheduler_vs_baseline.py", "--models", str(models),
             "--out", str(out / "scheduler_vs_baseline")),
             everything, out / "scheduler_vs_baseline.json"),
+        # up to 12 apps at once: the processor, not only memory, is short
+        Job("scheduler-sim-crowded", lambda: bench(
+            "scheduler_vs_baseline.py", "--models", str(models), "--max-apps", "12",
+            "--arrival-rate", "0.1", "--out", str(out / "scheduler_vs_baseline_crowded")),
+            everything, out / "scheduler_vs_baseline_crowded.json"),
         Job("daemon-live", lambda: bench("daemon_live.py", "--models", str(models), "--out",
                                          str(out)),
             everything, out / "daemon_live.json", exclusive=True),
