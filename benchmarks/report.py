@@ -279,7 +279,8 @@ def simulation_part(path: Path, figures: Path) -> str:
         return "\n\n".join([*parts, missing("simulation", path)])
     s = data["settings"]
     parts.append(
-        f"{data['profiles'].replace(str(ROOT_DIR) + '/', '')}; {s['traces']} random traces of {s['duration']:g} s, at most"
+        f"{data['profiles'].replace(str(ROOT_DIR) + '/', '')}; {s['traces']} random traces"
+        f" of {s['duration']:g} s, at most"
         f" {s['max_apps']} apps at once, memory budget {s['budget_bytes'] / 1e6:.1f} MB,"
         " 30 fps per app. Each point is a policy (and alpha) averaged over the traces.")
     rows = [[p["policy"], "-" if p["alpha"] is None else p["alpha"], pct(p["accuracy"]),
