@@ -165,7 +165,8 @@ def build_jobs(root: Path, apps: list[PipelinePlan]) -> list[Job]:
         # up to 12 apps at once: the processor, not only memory, is short
         Job("scheduler-sim-crowded", lambda: bench(
             "scheduler_vs_baseline.py", "--models", str(models), "--max-apps", "12",
-            "--arrival-rate", "0.1", "--out", str(out / "scheduler_vs_baseline_crowded")),
+            "--arrival-rate", "0.1", "--traces", "2", "--duration", "600", "--alphas", "0.1,1,10",
+            "--out", str(out / "scheduler_vs_baseline_crowded")),
             everything, out / "scheduler_vs_baseline_crowded.json"),
         Job("daemon-live", lambda: bench("daemon_live.py", "--models", str(models), "--out",
                                          str(out)),
