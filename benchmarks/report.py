@@ -289,10 +289,14 @@ def simulation_part(path: Path, figures: Path) -> str:
     parts.append(md_table(["policy", "alpha", "accuracy", "fps per app", "busy fraction"], rows))
     rows = [[policy, signed_pp(c["accuracy_gain_at_equal_fps"]),
              "-" if c["fps_ratio_at_equal_accuracy"] is None
-             else f"{c['fps_ratio_at_equal_accuracy']:.2f}x"]
+             else f"{c['fps_ratio_at_equal_accuracy']:.2f}x",
+             f"alpha {c['most_accurate_alpha']:g}: {signed_pp(c['most_accurate_gain'])},"
+             f" {c['most_accurate_fps_ratio']:.2f}x fps"]
             for policy, c in data["comparisons"].items()]  # fmt: skip
     parts.append(md_table(["vs baseline", "accuracy at the baseline's fps",
-                           "fps at the baseline's accuracy"], rows))
+                           "fps at the baseline's accuracy", "most accurate point"], rows))
+    parts.append("(\"-\": the baseline's point lies outside the policy's curve, so there is no"
+                 " equal-fps or equal-accuracy point to compare at.)")
     png = path.with_suffix(".png")
     if png.exists():
         shutil.copy(png, figures / f"fig9_{path.stem}.png")
