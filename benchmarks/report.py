@@ -75,7 +75,8 @@ def machine_section(root: Path, apps: list[PipelinePlan]) -> str:
                            f" {train['train_seconds'] / 60:.0f} min training time (train.json)")
     wall = sum(j["wall_s"] for j in jobs.values())
     cpu = sum(j["cpu_s"] for j in jobs.values())
-    rows = [[name, f"{j['wall_s'] / 60:.1f}", f"{j['cpu_s'] / 60:.1f}", j["started"][:16]]
+    rows = [[name, f"{j['wall_s'] / 60:.1f}", f"{j['cpu_s'] / 60:.1f}", j["started"][:16],
+             "ok" if j["exit_code"] == 0 else f"failed ({j['exit_code']})"]
             for name, j in jobs.items()]  # fmt: skip
     return "\n\n".join([
         "## Machine and run",
@@ -87,7 +88,7 @@ def machine_section(root: Path, apps: list[PipelinePlan]) -> str:
         " time is less than the wall-time sum). Artifacts made before the job ledger existed"
         " were reused and are not in this table"
         + (f": {'; '.join(earlier)}." if earlier else "."),
-        md_table(["job", "wall min", "CPU min", "started (UTC)"], rows),
+        md_table(["job", "wall min", "CPU min", "finished (UTC)", "last run"], rows),
     ])  # fmt: skip
 
 
@@ -133,6 +134,10 @@ def accuracy_section(root: Path, apps: list[PipelinePlan], figures: Path) -> str
         data = read_json(path)
         if data is None:
             parts.append(f"**{plan.name}**: " + missing("multicapacity", path))
+            continue
+        if not data["accuracy"]:
+            parts.append(f"**{plan.name}**: *baselines not trained (run without them:"
+                         f" `--skip-accuracy`)*.")
             continue
         results[plan.name] = data
         rows = [[r["level"], f"{r['params']:,}", pct(r["test_accuracy"]),
