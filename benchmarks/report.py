@@ -25,6 +25,7 @@ ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR))
 
 from nestdnn.pipeline import PipelineDirs, PipelinePlan  # noqa: E402
+from profiles.device import cpu_model  # noqa: E402
 
 PAPER = {
     "descendant_gain": "+4.98 % on average over same-size baselines, most at small sizes",
@@ -412,16 +413,6 @@ def plot_macs(series: dict[str, list[tuple[float, float]]], path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------- misc
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def torch_version() -> str:
