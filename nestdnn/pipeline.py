@@ -41,6 +41,7 @@ class PipelinePlan:
     epochs_per_level: float
     accuracy_drop: float = 0.03  # the seed may lose this much validation accuracy vs vanilla
     min_accuracy: float | None = None  # an absolute floor instead of accuracy_drop
+    prune_round_to: int = 1  # keep pruned widths a multiple of this
     profile_backends: str = "torch"
     profile_runs: int = 50
     threads: int | None = None  # training threads (default: the CLI's)
@@ -114,7 +115,8 @@ def pipeline_stages(plan: PipelinePlan, dirs: PipelineDirs) -> list[Stage]:
             "prune", "--model", str(dirs.vanilla), *dataset, "--criterion", "trr",
             "--min-accuracy", str(seed_accuracy_floor(plan, dirs)),
             "--ratio", str(plan.prune_ratio), "--retrain-epochs", str(plan.prune_retrain_epochs),
-            "--max-steps", str(plan.prune_max_steps), *threads, "--out", str(dirs.prune),
+            "--max-steps", str(plan.prune_max_steps), "--round-to", str(plan.prune_round_to),
+            *threads, "--out", str(dirs.prune),
         ]  # fmt: skip
 
     def recover() -> list[str]:
