@@ -150,6 +150,8 @@ def _footer(profile: Profile) -> list[str]:
             f"{backend}: measured in {c.duration_s:.1f} s, CPU pressure {pressure},"
             f" load {c.load_average:.2f}"
         )
+        if c.reference is not None:
+            line += f", reference kernel {1e3 * c.reference.median_s:.3f} ms"
         if c.cpu_pressure is not None and c.cpu_pressure > BUSY_PRESSURE:
             line += " (other processes competed for the CPU: latencies may be inflated)"
         lines.append(line)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy
 import torch
 
-from profiles.schema import Conditions, Device
+from profiles.schema import Conditions, Device, LatencyStats
 
 CPUINFO = Path("/proc/cpuinfo")
 CPU_PRESSURE = Path("/proc/pressure/cpu")
@@ -78,7 +78,8 @@ class ConditionsRecorder:
         self._t0 = time.perf_counter()
         self._stall0 = cpu_stall_us()
 
-    def finish(self) -> Conditions:
+    def finish(self, reference: LatencyStats | None = None) -> Conditions:
+        """The conditions since ``start()``, with the reference kernel's latency if timed."""
         if self.started is None:
             raise RuntimeError("ConditionsRecorder.finish() before start()")
         duration = time.perf_counter() - self._t0
@@ -91,4 +92,5 @@ class ConditionsRecorder:
             duration_s=duration,
             cpu_pressure=pressure,
             load_average=os.getloadavg()[0],
+            reference=reference,
         )

@@ -41,7 +41,7 @@ from profiles.schema import (
     Profile,
 )
 from profiles.tflite import BackendUnavailable, converted_descendants, tflite_runner
-from profiles.torch_backend import torch_runner, torch_threads
+from profiles.torch_backend import reference_runner, torch_runner, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -223,21 +223,21 @@ def measure_latencies(
     """Batch-1 latency of every descendant on ``backend``, interleaved in rounds."""
     after_round = progress.stage(settings.rounds, f"latency {backend}").step if progress else None
     recorder = ConditionsRecorder()
-    if backend == "torch":
-        with torch_threads(settings.threads), torch.inference_mode():
+    with torch_threads(settings.threads), torch.inference_mode():
+        if backend == "torch":
             runners = [
                 torch_runner(load_descendant(nest_path, d.index), input_shape(manifest))
                 for d in manifest.descendants
             ]
-            recorder.start()
-            latencies = measure_interleaved(runners, settings, after_round)
-    else:
-        if tflite_paths is None:
+        elif tflite_paths is None:
             raise NestError("the tflite backend needs the converted descendants")
-        runners = [tflite_runner(p, settings.threads) for p in tflite_paths]
+        else:
+            runners = [tflite_runner(p, settings.threads) for p in tflite_paths]
         recorder.start()
-        latencies = measure_interleaved(runners, settings, after_round)
-    return Measured(latencies=latencies, conditions=recorder.finish())
+        *latencies, reference = measure_interleaved(
+            [*runners, reference_runner()], settings, after_round
+        )
+    return Measured(latencies=latencies, conditions=recorder.finish(reference))
 
 
 def check_tflite_matches_torch(

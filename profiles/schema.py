@@ -178,6 +178,13 @@ class Conditions(BaseModel):
         " where PSI is unavailable. Above ~0.05 other processes competed for the cores.",
     )
     load_average: float = Field(ge=0.0, description="1-minute load average at the end.")
+    reference: LatencyStats | None = Field(
+        default=None,
+        description="Latency of the fixed reference kernel (profiles.torch_backend."
+        "reference_runner), timed in the same rounds as this backend's descendants: how fast"
+        " the machine was meanwhile. Latencies divided by its median compare across runs."
+        " Null in profiles written before it was measured.",
+    )
 
 
 class Profile(BaseModel):

@@ -37,3 +37,25 @@ def torch_runner(model: nn.Module, shape: Sequence[int]) -> Runner:
         return model(x)
 
     return run
+
+
+REFERENCE_INPUT_SHAPE = (1, 28, 28)
+
+
+def reference_runner() -> Runner:
+    """The machine's yardstick: a fixed, seeded conv stack (about 5.5 M MACs on 1x28x28).
+
+    Timed in the same rounds as a backend's descendants, its median says how fast the
+    machine was while they were measured, so latencies measured at different times can be
+    compared as ratios to it. Call it under ``torch_threads`` and ``torch.inference_mode()``.
+    """
+    generator = torch.Generator().manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+    )  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    return torch_runner(model, REFERENCE_INPUT_SHAPE)

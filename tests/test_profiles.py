@@ -120,6 +120,13 @@ def test_latencies_are_positive_with_p90_not_below_median(profile: Profile) -> N
     assert profile.conditions["torch"].duration_s > 0
 
 
+def test_the_reference_kernel_is_timed_in_the_same_rounds(profile: Profile) -> None:
+    reference = profile.conditions["torch"].reference
+    assert reference is not None
+    assert 0 < reference.median_s <= reference.p90_s
+    assert (reference.runs, reference.rounds, reference.threads) == (12, 3, 1)
+
+
 def test_memory_is_a_measured_peak_above_a_baseline(profile: Profile) -> None:
     for d in profile.descendants:
         memory = d.backends["torch"].memory

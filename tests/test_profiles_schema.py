@@ -59,7 +59,13 @@ def profile_dict(count: int = 3, backends: tuple[str, ...] = ("torch", "tflite")
         "dataset": {"name": "fashion-mnist", "test_size": 10000},
         "backends": list(backends),
         "conditions": {
-            b: {"started": NOW, "duration_s": 1.5, "cpu_pressure": 0.01, "load_average": 0.3}
+            b: {
+                "started": NOW,
+                "duration_s": 1.5,
+                "cpu_pressure": 0.01,
+                "load_average": 0.3,
+                "reference": backend_entry(0)["latency"],
+            }
             for b in backends
         },
         "num_descendants": count,
@@ -90,6 +96,14 @@ def test_round_trip_preserves_every_field(tmp_path: Path) -> None:
     loaded = load_profile(path)
     assert loaded == profile
     assert loaded.model_dump(mode="json") == profile_dict()
+
+
+def test_a_profile_written_before_the_reference_kernel_still_loads(tmp_path: Path) -> None:
+    data = profile_dict()
+    for conditions in data["conditions"].values():
+        del conditions["reference"]
+    loaded = load_profile(write_json(tmp_path / "old.profile.json", data))
+    assert all(c.reference is None for c in loaded.conditions.values())
 
 
 def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
@@ -233,3 +247,27 @@ def test_profile_without_a_model_or_with_both_is_a_nest_error(tmp_path: Path) ->
 def test_unknown_backend_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
         parse(["m.nest", "--backends", "torch,onnx"])
+
+
+def test_stability_summary_compares_medians_raw_and_relative_to_the_reference() -> None:
+    """benchmarks/profile_stability.py: a machine 20 % slower in one repeat moves every raw
+    median by 1.2 and no relative one."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from profile_stability import summarise
+
+    def repeat(speed: float) -> Profile:
+        data = profile_dict(backends=("torch",))
+        for d in data["descendants"]:
+            latency = d["backends"]["torch"]["latency"]
+            latency["median_s"] *= speed
+            latency["p90_s"] *= speed
+        reference = data["conditions"]["torch"]["reference"]
+        reference["median_s"], reference["p90_s"] = 0.002 * speed, 0.003 * speed
+        return Profile.model_validate_json(json.dumps(data))
+
+    summary = summarise([repeat(1.0), repeat(1.2), repeat(1.1)])["backends"]["torch"]
+    assert summary["max_ratio"] == pytest.approx(1.2)
+    assert summary["max_relative_ratio"] == pytest.approx(1.0)
+    assert summary["reference_medians_s"] == pytest.approx([0.002, 0.0024, 0.0022])
