@@ -25,8 +25,11 @@ model manager's loads and least-recently-used swapping, replayed frame by frame)
 inputs are measured here first, in isolation, never from the live runs:
 
 * per descendant: wall and CPU time of one frame (`LoadedModel.predict`, the worker's call;
-  descendants interleaved, one frame each in turn, as the worker interleaves apps) and of a
-  load from storage (`Backend.open`, as the manager does it);
+  descendants interleaved, one frame each in turn, as the worker interleaves apps), both
+  back to back (a worker that is never idle, as the baseline's) and paced at the trace's
+  mean interval between frames with the thread asleep in between (a frame that finds the
+  worker idle, as most of NestDNN's do: the replay uses whichever applies to each frame);
+  and of a load from storage (`Backend.open`, as the manager does it);
 * the runtime's per-frame CPU outside inference (submit, queue, dispatch, result): a real
   `Runtime` on stub models whose predict costs nothing, fed by the same sender;
 * the simulator times its own planning calls (the same solver code the runtime runs).
@@ -94,6 +97,17 @@ class Workload:
 
     trace: Trace
     models: dict[str, str]
+
+    def mean_frame_interval_s(self) -> float:
+        """Seconds between two frames reaching the runtime, on average over the trace."""
+        frames_per_s = 0.0
+        for event in self.trace.events:
+            if isinstance(event, AppStart):
+                stop = next((e.time_s for e in self.trace.events if isinstance(e, AppStop)
+                             and e.name == event.app.name and e.time_s >= event.time_s),
+                            self.trace.duration_s)
+                frames_per_s += event.fps * (stop - event.time_s) / self.trace.duration_s
+        return 1.0 / frames_per_s
 
 
 def build_workload(catalogue: ModelCatalogue, duration_s: float, budget_fraction: float,
@@ -360,6 +374,8 @@ class Calibration:
     costs: dict[str, list[DescendantCosts]]
     frame_cpu_s: float
     frames_timed: int
+    paced_frames_timed: int
+    pace_s: float
     load_repeats: int
 
     def runtime_model(self, workload: Workload, queue_size: int) -> RuntimeModel:
@@ -381,9 +397,10 @@ class Calibration:
         return SwapModel(bandwidth_bytes_per_s=1.0 / slope, load_fixed_s=max(0.0, float(fixed)))
 
 
-def calibrate(catalogue: ModelCatalogue, threads: int, frames: int = 200,
-              load_repeats: int = 11) -> Calibration:
-    """Measure what the runtime model needs (see the module docstring)."""
+def calibrate(catalogue: ModelCatalogue, threads: int, pace_s: float, frames: int = 200,
+              paced_frames: int = 100, load_repeats: int = 11) -> Calibration:
+    """Measure what the runtime model needs (see the module docstring); ``pace_s``: the
+    trace's mean interval between two frames, at which the idle-worker costs are timed."""
     torch.set_num_threads(threads)
     backend = TorchBackend()
     entries = list(catalogue.entries.values())
@@ -392,25 +409,45 @@ def calibrate(catalogue: ModelCatalogue, threads: int, frames: int = 200,
         models = {(e.name, k): backend.open(e, k) for e in entries
                   for k in range(e.num_descendants)}
         inputs = {e.name: torch.randn(e.input_shape) for e in entries}
-        wall: dict[tuple[str, int], list[float]] = {key: [] for key in models}
-        cpu: dict[tuple[str, int], list[float]] = {key: [] for key in models}
-        for round_ in range(10 + frames):  # 10 warm-up rounds
-            for (name, k), model in models.items():
-                t, c = time.perf_counter(), time.thread_time()
-                model.predict(inputs[name])
-                if round_ >= 10:
-                    wall[name, k].append(time.perf_counter() - t)
-                    cpu[name, k].append(time.thread_time() - c)
+        busy = _time_frames(models, inputs, frames)
+        idle = _time_frames(models, inputs, paced_frames, pace_s=pace_s)
         del models
-        loads = _time_loads(backend, catalogue, list(wall), load_repeats)
+        loads = _time_loads(backend, catalogue, list(busy), load_repeats)
     finally:
         backend.close()
-    costs = {e.name: [DescendantCosts(service_s=statistics.fmean(wall[e.name, k]),
-                                      cpu_s=statistics.fmean(cpu[e.name, k]),
+    costs = {e.name: [DescendantCosts(service_s=busy[e.name, k][0], cpu_s=busy[e.name, k][1],
                                       load_s=loads[e.name, k][0],
-                                      load_cpu_s=loads[e.name, k][1])
+                                      load_cpu_s=loads[e.name, k][1],
+                                      idle_service_s=idle[e.name, k][0],
+                                      idle_cpu_s=idle[e.name, k][1])
                       for k in range(e.num_descendants)] for e in entries}
-    return Calibration(costs, frame_overhead_cpu_s(catalogue), frames, load_repeats)
+    return Calibration(costs, frame_overhead_cpu_s(catalogue), frames, paced_frames, pace_s,
+                       load_repeats)
+
+
+def _time_frames(models: dict[tuple[str, int], LoadedModel], inputs: dict[str, torch.Tensor],
+                 rounds: int, pace_s: float | None = None
+                 ) -> dict[tuple[str, int], tuple[float, float]]:
+    """Mean wall and CPU seconds of one frame of each descendant, the descendants interleaved
+    one frame each in turn (as the worker interleaves apps), after 10 warm-up rounds.
+
+    ``pace_s``: frames start this far apart and the thread sleeps in between, as a worker
+    waiting for paced streams does; None: back to back, as a worker that is never idle.
+    """
+    wall: dict[tuple[str, int], list[float]] = {key: [] for key in models}
+    cpu: dict[tuple[str, int], list[float]] = {key: [] for key in models}
+    next_start = time.perf_counter()
+    for round_ in range(10 + rounds):
+        for (name, k), model in models.items():
+            if pace_s is not None:
+                next_start += pace_s
+                time.sleep(max(0.0, next_start - time.perf_counter()))
+            t, c = time.perf_counter(), time.thread_time()
+            model.predict(inputs[name])
+            if round_ >= 10:
+                wall[name, k].append(time.perf_counter() - t)
+                cpu[name, k].append(time.thread_time() - c)
+    return {key: (statistics.fmean(wall[key]), statistics.fmean(cpu[key])) for key in models}
 
 
 def _time_loads(backend: Backend, catalogue: ModelCatalogue, keys: list[tuple[str, int]],
@@ -635,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               args.budget_fraction)
     rows = {}
     for policy in args.policies.split(","):
-        calibration = calibrate(catalogue, args.threads)  # just before: the same conditions
+        calibration = calibrate(catalogue, args.threads, workload.mean_frame_interval_s())
         runtime_class = Runtime
         if args.stub_costs:
             calibration.costs = spin_costs(catalogue, calibration)
@@ -679,12 +716,13 @@ def report(rows: dict[str, Row], workload: Workload, catalogue: ModelCatalogue,
           f" {trace.duration_s:g} s, 30 fps per app, {args.threads} thread(s), queue"
           f" {args.queue_size}")
     first = next(iter(rows.values())).calibration
-    print("\nsimulator inputs, measured before each policy's run (per frame: mean of"
-          f" {first.frames_timed}, descendants interleaved; load: median of"
-          f" {first.load_repeats}); ms")
+    print("\nsimulator inputs, measured just before each policy's run (per frame: mean of"
+          f" {first.frames_timed} back to back and of {first.paced_frames_timed} paced"
+          f" {1e3 * first.pace_s:.1f} ms apart (the trace's mean interval: the frame finds the"
+          f" worker idle), descendants interleaved; load: median of {first.load_repeats}); ms")
     names = " / ".join(rows)
-    print(f"{'model':<22}{'d':>3}{'MB':>8}{'profile':>9}   wall, cpu, load wall, load cpu"
-          f" ({names})")
+    print(f"{'model':<22}{'d':>3}{'MB':>8}{'profile':>9}   wall, cpu, load wall, load cpu,"
+          f" idle wall, idle cpu ({names})")
     for name in catalogue.entries:
         for k, d in enumerate(catalogue.entries[name].descendants("torch")):
             cells = "  /  ".join(
@@ -737,6 +775,7 @@ def report(rows: dict[str, Row], workload: Workload, catalogue: ModelCatalogue,
                         "comparison": {f: {**asdict(c), "error": c.error}
                                        for f, c in compared[p].items()},
                         "calibration": {"frame_cpu_s": r.calibration.frame_cpu_s,
+                                        "pace_s": r.calibration.pace_s,
                                         "costs": {n: [asdict(c) for c in cs]
                                                   for n, cs in r.calibration.costs.items()},
                                         "fluid_swap_model": asdict(r.swap)},

@@ -15,7 +15,10 @@ frame by frame:
   its pass grows by ``service / share`` (shares below 0.01 count as 0.01); an app whose queue
   was empty re-enters at the current virtual time. Idle share goes to whoever has frames.
 * **Service** of a frame: its descendant's ``service_s`` (wall time on the worker) and
-  ``cpu_s`` (processor time).
+  ``cpu_s`` (processor time) when the worker goes from one frame straight to the next;
+  ``idle_service_s`` / ``idle_cpu_s`` when the frame finds the worker idle (it waited for
+  this frame: the processor's caches and clock may have cooled meanwhile;
+  `benchmarks/daemon_live.py` measures both).
 * **Models** (`scheduler.manager.ModelManager`): when the plan fits the budget, every app's
   descendant is made resident when the plan is applied, outside the worker (the runtime
   applies a plan in the thread that handles the event): downgrades first, then upgrades, in
@@ -58,6 +61,15 @@ class DescendantCosts:
     cpu_s: float
     load_s: float
     load_cpu_s: float
+    idle_service_s: float | None = None  # a frame that finds the worker idle (None: service_s)
+    idle_cpu_s: float | None = None  # (None: cpu_s)
+
+    def frame(self, after_idle: bool) -> tuple[float, float]:
+        """Wall and processor seconds of one frame; ``after_idle``: the worker waited for it."""
+        if after_idle:
+            return (self.service_s if self.idle_service_s is None else self.idle_service_s,
+                    self.cpu_s if self.idle_cpu_s is None else self.idle_cpu_s)
+        return self.service_s, self.cpu_s
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,7 @@ class ExecutorReplay:
     virtual: float = 0.0
     budget: int = 0
     swapping: bool = False
+    idle: bool = True  # the worker waited for the next frame (it is not straight after one)
     busy_s: float = 0.0
     cpu_s: float = 0.0
     load_s: float = 0.0
@@ -207,6 +220,7 @@ class ExecutorReplay:
         lane.stop_s = t
         self.horizon = max(self.horizon, t)
         self._update(lane, t, in_flight=False)
+        self.idle = self.idle or t > self.now
         self.now = max(self.now, t)
         virtual = self.virtual  # served out of turn: the others' virtual time stays
         while lane.queued > 0:
@@ -252,8 +266,10 @@ class ExecutorReplay:
                             if (t := lane.next_arrival()) is not None]
                 nxt = min(upcoming, default=None)
                 if nxt is None or nxt >= end:
+                    self.idle = self.idle or end > self.now
                     self.now = max(self.now, end)
                     return
+                self.idle = self.idle or nxt > self.now
                 self.now = max(self.now, nxt)
                 continue
             if self.now >= end:
@@ -267,7 +283,8 @@ class ExecutorReplay:
         lane.head += 1
         arrival = lane.start_s + index / lane.fps
         cost = lane.costs[lane.target]
-        service, cpu = cost.service_s, cost.cpu_s
+        service, cpu = cost.frame(after_idle=self.idle)
+        self.idle = False
         if lane.resident != lane.target:
             need = lane.app.descendants[lane.target].memory_bytes
             lane.resident = None

@@ -724,11 +724,15 @@ def test_the_live_benchmark_mixes_the_models_and_measures_the_simulators_inputs(
     assert workload.models == {"app0": "cam", "app1": "mic", "app2": "cam", "app3": "mic"}
     largest = max(sizes(catalogue, "cam")[-1], sizes(catalogue, "mic")[-1])
     assert workload.trace.memory_budget_bytes >= largest
-    calibration = daemon_live.calibrate(catalogue, threads=1, frames=3, load_repeats=3)
+    # app-seconds over the trace: 0.55 + 0.65 + 0.7 + 0.4 of its length, at 30 fps each
+    assert workload.mean_frame_interval_s() == pytest.approx(1 / (30 * 2.3))
+    calibration = daemon_live.calibrate(catalogue, threads=1, pace_s=0.005, frames=3,
+                                        paced_frames=2, load_repeats=3)
     for name in MODELS:
         costs = calibration.costs[name]
         assert len(costs) == catalogue.entries[name].num_descendants
         assert all(c.service_s > 0 and c.cpu_s > 0 and c.load_s > 0 for c in costs)
+        assert all(c.idle_service_s and c.idle_service_s > 0 and c.idle_cpu_s for c in costs)
     assert 0 < calibration.frame_cpu_s < 0.05
     model = calibration.runtime_model(workload, queue_size=4)
     for policy in daemon_live.POLICIES:

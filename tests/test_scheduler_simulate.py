@@ -261,6 +261,25 @@ def test_runtime_model_one_app_counts_every_frame_sent() -> None:
     assert 0 <= solver_cpu < 1.0  # the simulator's own planning time
 
 
+def test_runtime_model_charges_idle_costs_only_to_frames_that_find_the_worker_idle() -> None:
+    """A paced stream leaves the worker idle before every frame; a saturated one never."""
+    idle_cost = DescendantCosts(service_s=0.01, cpu_s=0.008, load_s=0.0, load_cpu_s=0.0,
+                                idle_service_s=0.013, idle_cpu_s=0.011)
+    app = single("a", latency=0.01, target=1.0)
+    paced = Trace(duration_s=4.0, memory_budget_bytes=10_000,
+                  events=[AppStart(time_s=0.0, app=app, fps=30.0)])
+    result = simulate(paced, "min-total-cost", runtime=RuntimeModel(costs={"a": [idle_cost]}))
+    assert result.apps[0].frames_done == 120
+    assert result.summary.busy_fraction * 4.0 == pytest.approx(120 * 0.013)
+    # 200 fps against 10 ms frames: the worker goes from frame to frame; only the first
+    # frame (and none after) finds it idle
+    saturated = paced.model_copy(update={"events": [AppStart(time_s=0.0, app=app, fps=200.0)]})
+    result = simulate(saturated, "min-total-cost",
+                      runtime=RuntimeModel(costs={"a": [idle_cost]}))
+    done = result.apps[0].frames_done
+    assert result.summary.busy_fraction * 4.0 == pytest.approx(0.013 + (done - 1) * 0.01)
+
+
 def test_runtime_model_gives_idle_share_to_the_app_that_has_frames() -> None:
     """Work conservation: b is planned a share too small for 30 fps, a leaves share idle."""
     a = single("a", latency=0.005, target=1.0)
