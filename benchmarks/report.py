@@ -259,14 +259,22 @@ def profile_section(root: Path, apps: list[PipelinePlan], figures: Path) -> str:
         rows = []
         for backend, b in stability["backends"].items():
             for r in b["descendants"]:
+                relative = r.get("relative_ratio")
                 rows.append([backend, r["descendant"],
-                             *[f"{1e3 * m:.3f}" for m in r["medians_s"]], f"{r['ratio']:.3f}"])
+                             *[f"{1e3 * m:.3f}" for m in r["medians_s"]], f"{r['ratio']:.3f}",
+                             "-" if relative is None else f"{relative:.3f}"])
         n = len(stability["backends"][next(iter(stability["backends"]))]["descendants"][0]
                 ["medians_s"])  # fmt: skip
+        speeds = "; ".join(
+            f"{backend} " + ", ".join(f"{1e3 * m:.3f}" for m in b["reference_medians_s"])
+            for backend, b in stability["backends"].items() if b.get("reference_medians_s"))
         parts += ["**Stability** of the medians over three separate profiling runs of"
-                  " fmnist-vgg16 (goal: max/min <= 1.10 per descendant)",
+                  " fmnist-vgg16 (goal: max/min <= 1.10 per descendant). *Relative*: each"
+                  " median divided by the reference kernel's median timed in the same rounds, "
+                  + (f"the machine's speed during that run ({speeds} ms)." if speeds
+                     else "not recorded in these runs."),
                   md_table(["backend", "level", *[f"run {i + 1} ms" for i in range(n)],
-                            "max/min"], rows)]  # fmt: skip
+                            "max/min", "relative max/min"], rows)]  # fmt: skip
     return "\n\n".join(parts)
 
 
