@@ -17,7 +17,7 @@ import shutil
 import statistics
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -76,21 +76,39 @@ def machine_section(root: Path, apps: list[PipelinePlan]) -> str:
                            f" {train['train_seconds'] / 60:.0f} min training time (train.json)")
     wall = sum(j["wall_s"] for j in jobs.values())
     cpu = sum(j["cpu_s"] for j in jobs.values())
-    rows = [[name, f"{j['wall_s'] / 60:.1f}", f"{j['cpu_s'] / 60:.1f}", j["started"][:16],
+    rows = [[name, f"{j['wall_s'] / 60:.1f}", f"{j['cpu_s'] / 60:.1f}", j["started"][11:16],
              "ok" if j["exit_code"] == 0 else f"failed ({j['exit_code']})"]
             for name, j in jobs.items()]  # fmt: skip
+    reused = ("" if not earlier else " Artifacts made before the job ledger existed were reused"
+              f" and are not in this table: {'; '.join(earlier)}.")
     return "\n\n".join([
         "## Machine and run",
         f"- Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.platform()}; "
         f"Python {platform.python_version()}, torch {torch_version()}.",
         f"- Report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {shown(root)}.",
-        f"- Jobs recorded in {shown(root / 'jobs.json')}: {len(jobs)}, {wall / 60:.0f} min of job"
-        f" wall time and {cpu / 60:.0f} min of CPU in total (two jobs run side by side, so elapsed"
-        " time is less than the wall-time sum). Artifacts made before the job ledger existed"
-        " were reused and are not in this table"
-        + (f": {'; '.join(earlier)}." if earlier else "."),
-        md_table(["job", "wall min", "CPU min", "finished (UTC)", "last run"], rows),
+        f"- Jobs recorded in {shown(root / 'jobs.json')}: {len(jobs)}, {elapsed_text(jobs)};"
+        f" {wall / 60:.0f} min of job wall time and {cpu / 60:.0f} min of CPU in total (two jobs"
+        " run side by side)." + reused,
+        md_table(["job", "wall min", "CPU min", "started (UTC)", "last run"], rows),
     ])  # fmt: skip
+
+
+def elapsed_text(jobs: dict[str, dict]) -> str:
+    """How long some job was running: the union of the jobs' intervals, so that a pause
+    between resumed or repeated invocations does not count."""
+    if not jobs:
+        return "none run"
+    spans = sorted((start, start + timedelta(seconds=j["wall_s"]))
+                   for j in jobs.values() for start in [datetime.fromisoformat(j["started"])])
+    busy, (current_start, current_end) = timedelta(), spans[0]
+    for start, end in spans[1:]:
+        if start > current_end:
+            busy += current_end - current_start
+            current_start = start
+        current_end = max(current_end, end)
+    busy += current_end - current_start
+    return (f"{busy.total_seconds() / 60:.0f} min with a job running (from"
+            f" {spans[0][0]:%H:%M} to {max(end for _, end in spans):%H:%M} UTC)")
 
 
 def apps_section(root: Path, apps: list[PipelinePlan]) -> str:

@@ -99,3 +99,15 @@ def test_the_reproduction_covers_three_apps_and_every_benchmark(tmp_path: Path) 
         for stage in ("train", "prune", "recover", "profile", "multicapacity"):
             assert f"{app.name}:{stage}" in names
     assert {"profile-stability", "scheduler-sim", "daemon-live", "api-load"} <= names
+
+
+def test_the_report_counts_the_time_some_job_was_running() -> None:
+    """Overlapping jobs count once and a pause between invocations not at all."""
+    from report import elapsed_text
+
+    jobs = {
+        "a": {"started": "2026-01-01T10:00:00+00:00", "wall_s": 600.0},
+        "b": {"started": "2026-01-01T10:05:00+00:00", "wall_s": 900.0},  # overlaps a
+        "c": {"started": "2026-01-01T12:00:00+00:00", "wall_s": 300.0},  # after a pause
+    }
+    assert elapsed_text(jobs) == "25 min with a job running (from 10:00 to 12:05 UTC)"
