@@ -12,7 +12,7 @@ again, and each job resumes its own interrupted work, so rerunning the command a
 interruption continues where it stopped. ROOT/jobs.json records every job's wall and CPU
 time; the report states them.
 
-    .venv/bin/python benchmarks/reproduce.py            # everything (about 3 hours here)
+    .venv/bin/python benchmarks/reproduce.py            # everything (about 100 minutes here)
     .venv/bin/python benchmarks/reproduce.py --list     # the jobs and which are done
 """
 
