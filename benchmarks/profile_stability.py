@@ -112,31 +112,18 @@ def reference_medians(profiles: list[Profile], backend: str) -> list[float] | No
     return [r.median_s for r in references]
 
 
-def relative_medians(
-    profiles: list[Profile], backend: str, medians: list[float]
-) -> list[float] | None:
-    """``medians`` divided by their repeat's reference-kernel median."""
-    references = reference_medians(profiles, backend)
-    if references is None:
-        return None
-    return [m / r for m, r in zip(medians, references, strict=True)]
-
-
-def max_relative_ratio(rows: list[dict]) -> float | None:
-    ratios = [r["relative_ratio"] for r in rows]
-    return None if None in ratios else max(ratios)
-
-
 def summarise(profiles: list[Profile]) -> dict:
     """Per backend and descendant: the repeats' medians and their max/min ratio."""
     first = profiles[0]
     backends = [b for b in first.backends if all(b in p.backends for p in profiles)]
     result: dict = {"backends": {}}
     for b in backends:
+        references = reference_medians(profiles, b)
         rows = []
         for k in range(first.num_descendants):
             medians = [p.descendants[k].backends[b].latency.median_s for p in profiles]
-            relative = relative_medians(profiles, b, medians)
+            relative = (None if references is None
+                        else [m / r for m, r in zip(medians, references, strict=True)])
             rss = [p.descendants[k].backends[b].memory.delta_bytes for p in profiles]
             rows.append(
                 {
@@ -152,8 +139,9 @@ def summarise(profiles: list[Profile]) -> dict:
         result["backends"][b] = {
             "descendants": rows,
             "max_ratio": max(r["ratio"] for r in rows),
-            "max_relative_ratio": max_relative_ratio(rows),
-            "reference_medians_s": reference_medians(profiles, b),
+            "max_relative_ratio": None if references is None
+            else max(r["relative_ratio"] for r in rows),
+            "reference_medians_s": references,
             "cpu_pressure": [p.conditions[b].cpu_pressure for p in profiles],
             "load_average": [p.conditions[b].load_average for p in profiles],
         }

@@ -98,8 +98,8 @@ def elapsed_text(jobs: dict[str, dict]) -> str:
     between resumed or repeated invocations does not count."""
     if not jobs:
         return "none run"
-    spans = sorted((start, start + timedelta(seconds=j["wall_s"]))
-                   for j in jobs.values() for start in [datetime.fromisoformat(j["started"])])
+    starts = [(datetime.fromisoformat(j["started"]), j["wall_s"]) for j in jobs.values()]
+    spans = sorted((start, start + timedelta(seconds=wall)) for start, wall in starts)
     busy, (current_start, current_end) = timedelta(), spans[0]
     for start, end in spans[1:]:
         if start > current_end:
