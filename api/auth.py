@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
@@ -16,6 +15,8 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from nestdnn.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +36,6 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write a file atomically, readable by the owner only (mode 0600 from creation)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
 def resolve_admin_token(state_dir: Path) -> str:
     """The admin token from the environment, else a new one written to the state dir (0600)."""
     from_env = os.environ.get(ADMIN_TOKEN_ENV, "")
@@ -60,7 +44,7 @@ def resolve_admin_token(state_dir: Path) -> str:
         return from_env
     token = new_token()
     path = state_dir / ADMIN_TOKEN_FILE
-    write_private(path, token + "\n")
+    atomic_write(path, token + "\n", mode=0o600)
     log.info("admin token generated and written to %s (mode 0600)", path)
     return token
 
@@ -120,7 +104,7 @@ class TokenStore:
         with self._save_lock:
             with self._lock:
                 body = {"format": _FORMAT, "version": 1, "apps": dict(self._hashes)}
-            write_private(self.path, json.dumps(body, indent=1, sort_keys=True))
+            atomic_write(self.path, json.dumps(body, indent=1, sort_keys=True), mode=0o600)
 
 
 class Authenticator:

@@ -33,8 +33,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nestdnn.checkpoint import atomic_write, load_checkpoint  # noqa: E402
+from nestdnn.checkpoint import load_checkpoint  # noqa: E402
 from nestdnn.cli import main as nestdnn  # noqa: E402
+from nestdnn.files import atomic_write  # noqa: E402
 from pruning.cli import load_splits  # noqa: E402
 from pruning.roadmap import Roadmap, load_roadmap  # noqa: E402
 
@@ -139,7 +140,7 @@ def prune_with(
     if code != 0:
         raise SystemExit(f"nestdnn prune --criterion {criterion} failed (exit {code})")
     seconds = before + time.perf_counter() - started
-    atomic_write(timing, lambda f: f.write(json.dumps({"seconds": seconds}).encode()))
+    atomic_write(timing, json.dumps({"seconds": seconds}))
     return seconds
 
 
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     json_path, png_path = RESULTS / f"{args.name}.json", RESULTS / f"{args.name}.png"
-    atomic_write(json_path, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    atomic_write(json_path, json.dumps(result, indent=2) + "\n")
     plot(rows, png_path, title)
     print(f"wrote {json_path} and {png_path}")
     return 0

@@ -35,8 +35,8 @@ from pathlib import Path
 ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR))
 
-from nestdnn.checkpoint import atomic_write  # noqa: E402
 from nestdnn.errors import NestError  # noqa: E402
+from nestdnn.files import atomic_write  # noqa: E402
 from nestdnn.pipeline import PipelineDirs, PipelinePlan, pipeline_stages  # noqa: E402
 
 log = logging.getLogger("reproduce")
@@ -122,7 +122,7 @@ class Ledger:
         self.records = {**on_disk, record.name: record}
         body = {"jobs": {name: asdict(r) for name, r in self.records.items()}}
         text = json.dumps(body, indent=1).encode()
-        atomic_write(self.path, lambda f: f.write(text))
+        atomic_write(self.path, text)
 
     def succeeded(self, name: str) -> bool:
         record = self.records.get(name)

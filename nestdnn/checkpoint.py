@@ -7,15 +7,14 @@ Files are written atomically (temporary file + rename) and read only with
 from __future__ import annotations
 
 import json
-import os
 import pickle
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
 from nestdnn.errors import NestError
+from nestdnn.files import atomic_write
 from nestdnn.models import NestNet, build_from_config
 
 CHECKPOINT_KEYS = ("config", "state_dict", "meta")
@@ -76,23 +75,6 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, path: Path
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """torch.save `obj` to `path` atomically."""
     return atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Call `write` on a temporary file next to `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def load_torch_file(path: Path, what: str) -> Any:

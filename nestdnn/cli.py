@@ -354,10 +354,10 @@ def _percent(value: float | None) -> str:
 
 def write_json(path: Path, data: Any) -> None:
     """Write indented JSON atomically."""
-    from nestdnn.checkpoint import atomic_write
+    from nestdnn.files import atomic_write
 
     text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, text)
 
 
 # --- inspect ---------------------------------------------------------------------------------

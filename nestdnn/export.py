@@ -26,8 +26,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from nestdnn.checkpoint import atomic_write, load_state_dict_checked, save_checkpoint
+from nestdnn.checkpoint import load_state_dict_checked, save_checkpoint
 from nestdnn.errors import NestError
+from nestdnn.files import atomic_write
 from nestdnn.models import ModelConfig, NestNet, build_from_config
 from nestdnn.nestfile import Manifest, NestedModel
 
@@ -166,7 +167,7 @@ def save_standalone(model: NestNet, path: str | Path, **meta: Any) -> Path:
         raise NestError(f"standalone metadata must be JSON-serialisable: {e}") from e
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = save(state, metadata={STANDALONE_KEY: text})
-    return atomic_write(path, lambda f: f.write(data))
+    return atomic_write(path, data)
 
 
 def load_standalone(path: str | Path) -> tuple[NestNet, dict[str, Any]]:

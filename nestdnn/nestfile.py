@@ -50,8 +50,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
-from nestdnn.checkpoint import atomic_write
-from nestdnn.errors import NestError
+from nestdnn.errors import NestError, validation_message
+from nestdnn.files import atomic_write
 from nestdnn.models import GroupAxes, ModelConfig, NestNet, build_from_config, full_widths
 
 log = logging.getLogger(__name__)
@@ -383,7 +383,7 @@ def write_nest(path: str | Path, descendants: Sequence[NestDescendant], meta: Ne
     _check_manifest(manifest)  # the reader's own checks, so that a written file reads back
     _check_recorded_sizes(manifest, layout)
     data = save(_file_tensors(states, layout), metadata={MANIFEST_KEY: manifest.model_dump_json()})
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, data)
     log.info("wrote %s: %d descendants, %d bytes", path, len(states), path.stat().st_size)
     return manifest
 
@@ -478,7 +478,7 @@ def _build_manifest(
             }
         )
     except ValidationError as e:
-        raise NestError(f"cannot write the manifest: {_first_error(e)}") from e
+        raise NestError(f"cannot write the manifest: {validation_message(e)}") from e
     except (TypeError, ValueError) as e:
         raise NestError(f"NestMeta.extra must be JSON-serialisable: {e}") from e
 
@@ -670,16 +670,7 @@ def _parse_manifest(metadata: Mapping[str, str] | None) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as e:
-        raise NestError(f"invalid manifest: {_first_error(e)}") from e
-
-
-def _first_error(error: ValidationError) -> str:
-    """The first pydantic error as "field 'a.b': message (+N more)"."""
-    errors = error.errors()
-    first = errors[0]
-    where = ".".join(str(part) for part in first["loc"])
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"field '{where}': {first['msg']}{more}"
+        raise NestError(f"invalid manifest: {validation_message(e)}") from e
 
 
 def _check_tensors(stored: Mapping[str, _Stored], layout: _Layout) -> None:

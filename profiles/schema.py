@@ -33,8 +33,8 @@ from pydantic import (
     model_validator,
 )
 
-from nestdnn.checkpoint import atomic_write
-from nestdnn.errors import NestError
+from nestdnn.errors import NestError, validation_message
+from nestdnn.files import atomic_write
 
 SCHEMA_VERSION = 1
 Backend = Literal["torch", "tflite"]
@@ -291,16 +291,6 @@ def descendant_table(
     ]
 
 
-def format_validation_error(error: ValidationError) -> str:
-    """One line naming every failing field by its path, e.g. ``descendants.0.accuracy``."""
-    parts = []
-    for item in error.errors(include_url=False):
-        where = ".".join(str(p) for p in item["loc"]) or "profile"
-        message = item["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}")
-    return "; ".join(parts)
-
-
 def load_profile(path: str | Path) -> Profile:
     """Read and validate a profile file; any problem raises a one-line NestError."""
     path = Path(path)
@@ -323,10 +313,10 @@ def load_profile(path: str | Path) -> Profile:
     try:
         return Profile.model_validate_json(text)
     except ValidationError as e:
-        raise NestError(f"invalid profile {path}: {format_validation_error(e)}") from e
+        raise NestError(f"invalid profile {path}: {validation_message(e)}") from e
 
 
 def save_profile(profile: Profile, path: str | Path) -> Path:
     """Write the profile as indented JSON atomically (temporary file, then rename)."""
     text = profile.model_dump_json(indent=2) + "\n"
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return atomic_write(path, text)

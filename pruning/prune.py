@@ -27,9 +27,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from nestdnn.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from nestdnn.checkpoint import load_checkpoint, save_checkpoint
 from nestdnn.data import DatasetSplits
 from nestdnn.errors import NestError
+from nestdnn.files import atomic_write
 from nestdnn.models import NestNet
 from nestdnn.training import TrainConfig, evaluate, set_threads, train
 from pruning.importance import Criterion, make_criterion

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from nestdnn.checkpoint import atomic_write
 from nestdnn.errors import NestError
+from nestdnn.files import atomic_write
 
 FORMAT = "nestdnn-roadmap"
 VERSION = 1
@@ -216,4 +216,4 @@ def load_roadmap(path: str | Path) -> Roadmap:
 def save_roadmap(roadmap: Roadmap, path: Path) -> None:
     """Write the roadmap JSON atomically (temporary file in the same directory, then rename)."""
     text = json.dumps(roadmap.to_dict(), indent=2) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, text)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from nestdnn.errors import NestError
+from nestdnn.errors import NestError, validation_message
 from scheduler.problem import (
     METHODS,
     POLICIES,
@@ -23,7 +23,6 @@ from scheduler.problem import (
     Problem,
     load_problem,
     read_json,
-    validation_message,
 )
 from scheduler.report import plot_simulation, simulation_table
 from scheduler.simulate import SwapModel, Trace, load_trace, random_trace, simulate
@@ -179,7 +178,7 @@ def run_trace(args: argparse.Namespace) -> int:
             priority_change_rate_per_s=args.priority_rate,
         )
     except ValidationError as exc:
-        raise NestError(validation_message(exc, "trace")) from exc
+        raise NestError(f"trace: invalid: {validation_message(exc)}") from exc
     text = trace.model_dump_json(indent=1)
     if args.out:
         _write(Path(args.out), text)
@@ -196,7 +195,7 @@ def load_pool(path: str | Path) -> list[App]:
     try:
         pool = TypeAdapter(list[App]).validate_python(data)
     except ValidationError as exc:
-        raise NestError(validation_message(exc, str(path))) from exc
+        raise NestError(f"{path}: invalid: {validation_message(exc)}") from exc
     if not pool:
         raise NestError(f"{path}: the app list is empty")
     return pool

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from scheduler.errors import FrameDropped, QueueFull, UnknownApp
+from scheduler.problem import MIN_SHARE
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ Overflow = Literal["drop-oldest", "refuse"]
 Runner = Callable[[str, Tensor], tuple[list[float], int]]
 JobObserver = Callable[[str, float], None]
 
-MIN_SHARE = 0.01  # a zero share would starve an app forever once others are saturated
 LATENCY_WINDOW = 1024  # completions kept for the latency percentiles
 FPS_WINDOW_S = 5.0  # completions counted for the measured frame rate
 

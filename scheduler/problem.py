@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from nestdnn.errors import NestError
+from nestdnn.errors import NestError, validation_message
 
 Policy = Literal["min-total-cost", "min-max-cost", "baseline"]
 Method = Literal["exact", "greedy"]
@@ -22,6 +22,9 @@ POLICIES: tuple[Policy, ...] = ("min-total-cost", "min-max-cost", "baseline")
 METHODS: tuple[Method, ...] = ("exact", "greedy")
 
 _INPUT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+MIN_SHARE = 0.01
+"""The least compute share an app is served with: a zero share would starve an app forever
+once the others saturate the processor (the executor and its replay both apply it)."""
 
 
 def check_share_step(step: float) -> float:
@@ -166,15 +169,6 @@ class Solution(BaseModel):
         return {a.name: a.descendant for a in self.apps}
 
 
-def validation_message(error: ValidationError, source: str) -> str:
-    """One line naming every invalid field of a pydantic error."""
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        parts.append(f"{where}: {item['msg']}")
-    return f"{source}: invalid: " + "; ".join(parts)
-
-
 def read_json(path: str | Path) -> object:
     """Parse a JSON file ('-' reads stdin), raising NestError with a one-line message."""
     try:
@@ -194,7 +188,7 @@ def parse_problem(data: object, source: str = "problem") -> Problem:
     try:
         return Problem.model_validate(data)
     except ValidationError as exc:
-        raise NestError(validation_message(exc, source)) from exc
+        raise NestError(f"{source}: invalid: {validation_message(exc)}") from exc
 
 
 def load_problem(path: str | Path) -> Problem:

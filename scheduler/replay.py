@@ -47,9 +47,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from scheduler.problem import App
+from scheduler.problem import MIN_SHARE, App
 
-MIN_SHARE = 0.01  # as scheduler.executor.MIN_SHARE
 _EPS = 1e-9
 
 

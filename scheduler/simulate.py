@@ -46,7 +46,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nestdnn.errors import NestError
+from nestdnn.errors import NestError, validation_message
 from scheduler.problem import (
     App,
     Method,
@@ -55,7 +55,6 @@ from scheduler.problem import (
     Solution,
     check_share_step,
     read_json,
-    validation_message,
 )
 from scheduler.replay import DescendantCosts, ExecutorReplay, PlannedLane, RuntimeModel
 from scheduler.solve import Tolerance, baseline, baseline_descendant, resolve
@@ -168,7 +167,7 @@ def load_trace(path: str | Path) -> Trace:
     try:
         return Trace.model_validate(read_json(path))
     except ValidationError as exc:
-        raise NestError(validation_message(exc, str(path))) from exc
+        raise NestError(f"{path}: invalid: {validation_message(exc)}") from exc
 
 
 @dataclass(frozen=True)

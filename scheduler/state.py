@@ -16,7 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nestdnn.checkpoint import atomic_write
+from nestdnn.errors import validation_message
+from nestdnn.files import atomic_write
 from scheduler.problem import Method, Policy, Solution
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,7 @@ class RuntimeState(BaseModel):
 
 def save_state(state_dir: Path, state: RuntimeState) -> Path:
     """Write the state file atomically: temp file, fsync, rename, fsync the directory."""
-    text = state.model_dump_json(indent=2)
-    path = atomic_write(state_dir / STATE_FILE, lambda f: f.write(text.encode("utf-8")))
-    _fsync_dir(state_dir)
-    return path
+    return atomic_write(state_dir / STATE_FILE, state.model_dump_json(indent=2))
 
 
 def load_state(state_dir: Path) -> RuntimeState | None:
@@ -74,9 +72,7 @@ def load_state(state_dir: Path) -> RuntimeState | None:
     try:
         return RuntimeState.model_validate_json(text)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        return _move_aside(path, f"is not a valid runtime state ({where}: {first['msg']})")
+        return _move_aside(path, f"is not a valid runtime state ({validation_message(exc)})")
 
 
 def _move_aside(path: Path, problem: str) -> None:
@@ -89,12 +85,3 @@ def _move_aside(path: Path, problem: str) -> None:
         aside = path.with_name(f"{path.name}.corrupt-{stamp}-{copy}")
     os.replace(path, aside)
     log.warning("state file %s %s; moved it to %s and starting with no apps", path, problem, aside)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

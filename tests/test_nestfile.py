@@ -625,7 +625,7 @@ BAD_FILES: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
         lambda s, d: _rewrite(
             s, d, manifest=lambda m: {k: v for k, v in m.items() if k != "descendants"}
         ),
-        r"invalid manifest: field 'descendants': Field required",
+        r"invalid manifest: descendants: Field required",
     ),
     "wrong type": (
         lambda s, d: _rewrite(
@@ -636,7 +636,7 @@ BAD_FILES: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
                 "descendants": [{**m["descendants"][0], "params": "many"}, *m["descendants"][1:]],
             },
         ),
-        r"invalid manifest: field 'descendants\.0\.params': Input should be a valid integer",
+        r"invalid manifest: descendants\.0\.params: Input should be a valid integer",
     ),
     "unknown arch": (
         lambda s, d: _rewrite(
