@@ -24,7 +24,7 @@ from typing import Any
 ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR))
 
-from nestdnn.pipeline import PipelineDirs, PipelinePlan  # noqa: E402
+from nestdnn.cli.pipeline import PipelineDirs, PipelinePlan  # noqa: E402
 from profiles.device import cpu_model  # noqa: E402
 
 PAPER = {

@@ -35,9 +35,9 @@ from pathlib import Path
 ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR))
 
+from nestdnn.cli.pipeline import PipelineDirs, PipelinePlan, pipeline_stages  # noqa: E402
 from nestdnn.errors import NestError  # noqa: E402
 from nestdnn.files import atomic_write  # noqa: E402
-from nestdnn.pipeline import PipelineDirs, PipelinePlan, pipeline_stages  # noqa: E402
 
 log = logging.getLogger("reproduce")
 

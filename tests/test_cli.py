@@ -82,14 +82,13 @@ def test_every_subcommand_has_help(name: str, capsys: pytest.CaptureFixture[str]
     assert summary.lower() in out.lower() or len(out.splitlines()) > 4
 
 
-def test_missing_stage_module_is_not_implemented_yet(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_missing_stage_module_is_an_error_not_a_placeholder(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ghost = cli.Command("ghost", "a stage nobody wrote", "nestdnn.no_such_stage")
     monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, ghost))
-    assert cli.main(["ghost", "--help"]) == 0
-    assert "Not implemented yet." in capsys.readouterr().out
-    assert "not implemented yet" in error_of(capsys, ["ghost", "--some-option"])
+    with pytest.raises(ModuleNotFoundError, match=r"nestdnn\.no_such_stage"):
+        cli.main(["ghost", "--help"])
 
 
 def test_missing_dependency_inside_a_stage_is_not_hidden(

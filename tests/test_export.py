@@ -14,6 +14,8 @@ import torch
 from test_nestfile import FAMILIES, same_state, write_synthetic_nest
 
 from nestdnn.checkpoint import load_checkpoint
+from nestdnn.cli.export import configure_export, run_export
+from nestdnn.cli.inspect import configure_inspect, run_inspect
 from nestdnn.errors import NestError
 from nestdnn.export import (
     TFLITE_EXTRA_MESSAGE,
@@ -22,7 +24,6 @@ from nestdnn.export import (
     load_standalone,
     save_standalone,
 )
-from nestdnn.nest_cli import configure_export, configure_inspect, run_export, run_inspect
 from nestdnn.nestfile import load_descendant, read_manifest
 
 HAS_LITERT = importlib.util.find_spec("litert_torch") is not None

@@ -1,160 +1,17 @@
-"""The `nestdnn` command: one subcommand per stage, the only module that imports every stage.
-
-Stage packages expose `configure_<command>(parser)` and `run_<command>(args) -> int` in a
-`cli` module; they are imported only when their subcommand is chosen, so `nestdnn --help`
-stays fast. A stage whose module (or functions) does not exist yet reports "not implemented
-yet". A NestError anywhere ends the command with one line on stderr and exit code 2.
-"""
+"""`nestdnn train`: train a vanilla model and record how to reload its data split."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import shlex
-import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from nestdnn.errors import NestError
-
-log = logging.getLogger("nestdnn")
-
-Configure = Callable[[argparse.ArgumentParser], None]
-Run = Callable[[argparse.Namespace], int]
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    summary: str
-    module: str  # where configure_<name> / run_<name> live
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Appends an option's default to its help, unless the default is None or False."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        default = action.default
-        if default is not None and default is not False and default != argparse.SUPPRESS:
-            text += " (default: %(default)s)"
-        return text
-
-
-COMMANDS = (
-    Command("train", "train a vanilla model on a data set", "nestdnn.cli"),
-    Command("prune", "TRR filter pruning: seed model and roadmap", "pruning.cli"),
-    Command("recover", "freeze-&-grow: build the multi-capacity model", "recovery.cli"),
-    Command("inspect", "show what a .nest file or a checkpoint holds", "nestdnn.cli"),
-    Command("profile", "profile every descendant: accuracy, memory, MACs, latency", "profiles.cli"),
-    Command("export", "export descendants to TFLite, ONNX or checkpoints", "nestdnn.nest_cli"),
-    Command("schedule", "solve a schedule for a set of apps", "scheduler.cli"),
-    Command("trace", "write a random app trace to simulate", "scheduler.cli"),
-    Command("simulate", "replay an app trace through the scheduler", "scheduler.cli"),
-    Command("serve", "run the scheduler daemon and its REST API", "api.cli"),
-    Command("demo", "run the whole pipeline end to end", "nestdnn.demo"),
-)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `nestdnn` console script; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser, handlers = build_parser(_chosen_command(argv))
-    try:
-        args, unknown = parser.parse_known_args(argv)
-        if unknown and args.command in handlers:  # unimplemented stages accept anything
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    except SystemExit as e:  # --help (0) or a usage error (2)
-        return e.code if isinstance(e.code, int) else 2
-    args.argv = argv
-    _setup_logging(args.verbose - args.quiet)
-    run = handlers.get(args.command)
-    try:
-        if run is None:
-            raise NestError(f"'{args.command}' is not implemented yet")
-        return run(args)
-    except NestError as e:
-        return _fail(str(e))
-    except OSError as e:  # unwritable output, full disk, ...: the user's environment
-        return _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
-    except KeyboardInterrupt:
-        print("nestdnn: interrupted", file=sys.stderr)
-        return 130
-
-
-def build_parser(command: str | None) -> tuple[argparse.ArgumentParser, dict[str, Run]]:
-    """The top-level parser; only `command`'s stage is imported and configured."""
-    parser = argparse.ArgumentParser(
-        prog="nestdnn",
-        description="Multi-capacity models and a resource-aware scheduler for"
-        " multi-tenant on-device vision (after NestDNN, MobiCom 2018).",
-        epilog="Run 'nestdnn COMMAND --help' for a command's options.",
-    )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    handlers: dict[str, Run] = {}
-    for cmd in COMMANDS:
-        sub_parser = sub.add_parser(
-            cmd.name,
-            help=cmd.summary,
-            description=cmd.summary[0].upper() + cmd.summary[1:] + ".",
-            formatter_class=HelpFormatter,
-        )
-        if cmd.name != command:
-            continue
-        stage = _load_stage(cmd)
-        if stage is None:
-            sub_parser.description = f"{sub_parser.description} Not implemented yet."
-            continue
-        configure, run = stage
-        configure(sub_parser)
-        handlers[cmd.name] = run
-    return parser, handlers
-
-
-def _chosen_command(argv: Sequence[str]) -> str | None:
-    """The subcommand named in `argv` (top-level options take no values)."""
-    return next((arg for arg in argv if not arg.startswith("-")), None)
-
-
-def _load_stage(cmd: Command) -> tuple[Configure, Run] | None:
-    """`configure_<name>` and `run_<name>` from the stage's module, or None if not written yet."""
-    module: ModuleType = sys.modules[__name__]
-    if cmd.module != __name__:
-        try:
-            module = importlib.import_module(cmd.module)
-        except ModuleNotFoundError as e:
-            # Only the stage module itself being absent means "not implemented"; a missing
-            # dependency inside it is a real error.
-            if e.name is None or not (cmd.module + ".").startswith(e.name + "."):
-                raise
-            return None
-    configure = getattr(module, f"configure_{cmd.name}", None)
-    run = getattr(module, f"run_{cmd.name}", None)
-    return (configure, run) if configure and run else None
-
-
-def _setup_logging(verbosity: int) -> None:
-    level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
-    )
-    logging.getLogger().setLevel(level)
-
-
-def _fail(message: str) -> int:
-    print(f"nestdnn: error: {' '.join(message.split())}", file=sys.stderr)
-    return 2
-
-
-# --- train -----------------------------------------------------------------------------------
+log = logging.getLogger(__name__)
 
 
 def configure_train(parser: argparse.ArgumentParser) -> None:
@@ -358,49 +215,3 @@ def write_json(path: Path, data: Any) -> None:
 
     text = json.dumps(data, indent=2) + "\n"
     atomic_write(path, text)
-
-
-# --- inspect ---------------------------------------------------------------------------------
-
-
-def configure_inspect(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Show what a model file holds. A .nest file: its descendants (widths, params, bytes,"
-        " MACs, validation accuracy) and its size against independent models. A checkpoint"
-        " (e.g. vanilla.pt, loaded with weights_only=True): model config, size and metadata."
-    )
-    parser.add_argument("path", type=Path, help="a .nest file or a nestdnn checkpoint (.pt)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-
-
-def run_inspect(args: argparse.Namespace) -> int:
-    from nestdnn.checkpoint import load_checkpoint
-
-    if args.path.suffix == ".nest":
-        from nestdnn.nest_cli import run_inspect as inspect_nest_file
-
-        return inspect_nest_file(args)
-    model, meta = load_checkpoint(args.path)
-    info = {
-        **model.config.to_dict(),
-        "params": model.count_params(),
-        "macs": model.count_macs(),
-        "meta": meta,
-    }
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    config = model.config
-    print(
-        f"{args.path}: {config.arch}, {config.in_channels}x{config.input_size}x"
-        f"{config.input_size} -> {config.num_classes} classes"
-    )
-    print(f"params {info['params']:,}  MACs {info['macs']:,}")
-    print("widths " + ", ".join(f"{g}={w}" for g, w in config.widths.items()))
-    for key, value in meta.items():
-        print(f"{key}: {json.dumps(value)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,4 @@
-"""`nestdnn inspect MODEL.nest` and `nestdnn export`: argparse setup and runners for the CLI.
-
-The CLI wires them as ``configure_inspect`` / ``run_inspect`` and ``configure_export`` /
-``run_export``; runners return the exit code and raise NestError for bad input.
-"""
+"""`nestdnn inspect`: what a `.nest` file or a nestdnn checkpoint holds, as text or JSON."""
 
 from __future__ import annotations
 
@@ -11,25 +7,50 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nestdnn.errors import NestError
-
-# ---------------------------------------------------------------------------------- inspect
-
 
 def configure_inspect(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Show the descendants of a multi-capacity .nest file (widths, params, bytes, MACs,"
-        " validation accuracy) and the file's size against K independent models. The whole"
-        " file is validated first."
+        "Show what a model file holds. A .nest file: its descendants (widths, params, bytes,"
+        " MACs, validation accuracy) and its size against independent models. A checkpoint"
+        " (e.g. vanilla.pt, loaded with weights_only=True): model config, size and metadata."
     )
-    parser.add_argument("path", type=Path, help="a .nest file written by `nestdnn recover`")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("path", type=Path, help="a .nest file or a nestdnn checkpoint (.pt)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    summary = nest_summary(args.path)
-    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    if args.path.suffix == ".nest":
+        summary = nest_summary(args.path)
+        print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    else:
+        info = checkpoint_summary(args.path)
+        print(json.dumps(info, indent=2) if args.json else format_checkpoint(args.path, info))
     return 0
+
+
+def checkpoint_summary(path: Path) -> dict[str, Any]:
+    """A checkpoint's model config, params, MACs and metadata."""
+    from nestdnn.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(path)
+    return {
+        **model.config.to_dict(),
+        "params": model.count_params(),
+        "macs": model.count_macs(),
+        "meta": meta,
+    }
+
+
+def format_checkpoint(path: Path, info: dict[str, Any]) -> str:
+    """The checkpoint summary as text: shape, size, widths, then one line per metadata key."""
+    lines = [
+        f"{path}: {info['arch']}, {info['in_channels']}x{info['input_size']}x"
+        f"{info['input_size']} -> {info['num_classes']} classes",
+        f"params {info['params']:,}  MACs {info['macs']:,}",
+        "widths " + ", ".join(f"{g}={w}" for g, w in info["widths"].items()),
+    ]
+    lines += [f"{key}: {json.dumps(value)}" for key, value in info["meta"].items()]
+    return "\n".join(lines)
 
 
 def nest_summary(path: Path) -> dict[str, Any]:
@@ -84,43 +105,3 @@ def format_summary(summary: dict[str, Any]) -> str:
         f" the file saves {summary['saving_vs_accumulated']:.1%}",
     ]
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------- export
-
-
-def configure_export(parser: argparse.ArgumentParser) -> None:
-    from nestdnn.export import EXPORT_FORMATS
-
-    parser.description = (
-        "Export descendants of a .nest file as standalone models: tflite (litert-torch, the"
-        " optional extra 'export'), onnx (opset 17, dynamic batch), pt (a nestdnn checkpoint)"
-        " or safetensors (state_dict + config)."
-    )
-    parser.add_argument("path", type=Path, help="the .nest file")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument(
-        "--descendant", "-k", type=int, help="the descendant to export (0 = smallest)"
-    )
-    which.add_argument("--all", action="store_true", help="export every descendant")
-    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="output format")
-    parser.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        help="output file; with --all a directory receiving STEM.dK.SUFFIX files",
-    )
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from nestdnn.export import export_all, export_descendant
-
-    if not args.path.is_file():
-        raise NestError(f"{args.path}: no such .nest file")
-    if args.all:
-        written = export_all(args.path, args.format, args.out)
-    else:
-        written = [export_descendant(args.path, args.descendant, args.format, args.out)]
-    for path in written:
-        print(path)
-    return 0

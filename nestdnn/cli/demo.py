@@ -8,7 +8,7 @@
    event each app streams frames at its frame rate for a few seconds; the demo prints the plan
    (descendant, share), the measured FPS, the descendant's accuracy and why the plan changed.
 
-Like the CLI, this module sits above every stage; only `nestdnn.cli` imports it.
+Like the rest of `nestdnn.cli`, this module sits above every stage.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from nestdnn.cli.pipeline import PipelineDirs, PipelinePlan, pipeline_stages
 from nestdnn.errors import NestError
-from nestdnn.pipeline import PipelineDirs, PipelinePlan, pipeline_stages
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,7 @@
+"""`python -m nestdnn`: the `nestdnn` command."""
+
+import sys
+
+from nestdnn.cli import main
+
+sys.exit(main())
