@@ -48,7 +48,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nestdnn.checkpoint import load_checkpoint, save_checkpoint
-from nestdnn.data import DatasetSplits, SyntheticConfig, load_dataset
+from nestdnn.data import DatasetSplits, DataSpec, SyntheticConfig, load_dataset
 from nestdnn.errors import NestError
 from nestdnn.models import ModelConfig, NestNet, build_from_config, build_model
 from nestdnn.nestfile import Manifest, NestedModel, load_descendant, read_manifest
@@ -57,7 +57,7 @@ from pruning.prune import PruneJob, prune
 from pruning.roadmap import PruneSettings
 from recovery.grow import RecoveryConfig, recover
 from recovery.levels import choose_steps, plan_levels
-from recovery.roadmap import PruneRun, load_run_splits, open_prune_run
+from recovery.prune_run import PruneRun, load_run_splits, open_prune_run
 
 log = logging.getLogger("multicapacity")
 
@@ -204,8 +204,7 @@ def quick_setup(args: argparse.Namespace) -> Setup:
     vanilla = build_model("vgg11", in_channels=1, num_classes=4, input_size=16, widths=widths)
     train(vanilla, splits, recipe)
     save_checkpoint(work / "vanilla.pt", vanilla)
-    spec = {"name": "synthetic", "data_dir": None, "classes": None, "input_size": 16,
-            "val_fraction": 0.1, "seed": 0, "synthetic": asdict(synthetic)}
+    spec = DataSpec("synthetic", input_size=16, synthetic=synthetic)
     settings = PruneSettings(criterion="l1", ratio=0.2, min_accuracy=0.0, retrain_epochs=0.5,
                              batch_size=32)
     prune(vanilla, splits, PruneJob(work / "vanilla.pt", work / "prune", spec, settings),

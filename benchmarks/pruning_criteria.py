@@ -36,7 +36,6 @@ sys.path.insert(0, str(ROOT))
 from nestdnn.checkpoint import load_checkpoint  # noqa: E402
 from nestdnn.cli import main as nestdnn  # noqa: E402
 from nestdnn.files import atomic_write  # noqa: E402
-from pruning.cli import load_splits  # noqa: E402
 from pruning.roadmap import Roadmap, load_roadmap  # noqa: E402
 
 log = logging.getLogger("pruning_criteria")
@@ -281,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _val_size(roadmap: Roadmap) -> int:
-    return len(load_splits(roadmap.dataset).val)
+    return len(roadmap.dataset.load().val)
 
 
 def _pp(value: float | None) -> str:

@@ -4,6 +4,10 @@ Nothing is ever downloaded. Every loader produces raw train/test images as float
 [0, 1] (N, C, H, W) with int64 labels; `load_dataset` then optionally keeps a subset of classes
 (relabelled 0..k-1), resizes, carves a stratified validation split out of train with a fixed
 seed, and normalises all splits with the per-channel mean/std of the remaining train split.
+
+A `DataSpec` names all of `load_dataset`'s arguments, so that a data set and its exact split
+can be recorded (`nestdnn train` in its checkpoint's metadata, `nestdnn prune` in the roadmap)
+and rebuilt by the later stages.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ from __future__ import annotations
 import gzip
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,6 +66,20 @@ CIFAR10_CLASSES = (
 )
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif")
 IDX_UBYTE = 0x08
+DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_SYNTHETIC_SAMPLES = 5000
+# Checkpoint metadata (written by `nestdnn train`, see `data_meta`) that describes the model's
+# data and its split, and so stays true for every model derived from it.
+DATA_META_KEYS = (
+    "dataset",
+    "data_dir",
+    "class_names",
+    "mean",
+    "std",
+    "val_fraction",
+    "seed",
+    "synthetic_samples",
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,26 @@ class SyntheticConfig:
     train_size: int = 5000
     test_size: int = 1000
     noise: float = 2.0
+
+    @classmethod
+    def sized(
+        cls, samples: int, *, num_classes: int, in_channels: int, input_size: int
+    ) -> SyntheticConfig:
+        """`samples` training images (the test split gets a fifth as many) of the given shape."""
+        return cls(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            input_size=input_size,
+            train_size=samples,
+            test_size=max(1, samples // 5),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The sizes; `noise` only when not the default (roadmaps have never recorded it)."""
+        data = asdict(self)
+        if self.noise == SyntheticConfig.noise:
+            del data["noise"]
+        return data
 
 
 @dataclass
@@ -106,6 +145,129 @@ class DatasetSplits:
             f"{self.name}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test,"
             f" {self.num_classes} classes, {self.in_channels}x{self.input_size}x{self.input_size}"
         )
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A data set and its exact train/val split: everything `load_dataset` needs to rebuild it.
+
+    Recorded in the roadmap (key ``dataset``) so that pruning and recovery use the split the
+    vanilla model was trained with and never train on its validation images.
+    """
+
+    name: str
+    data_dir: str | None = None
+    classes: tuple[str, ...] | None = None  # a class subset (names), relabelled in this order
+    input_size: int | None = None  # resize to this square size
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    seed: int = 0  # of the split (and of the synthetic images)
+    synthetic: SyntheticConfig | None = None  # the synthetic set's shape
+
+    def load(self) -> DatasetSplits:
+        """The normalised train/val/test splits."""
+        return load_dataset(
+            self.name,
+            self.data_dir,
+            val_fraction=self.val_fraction,
+            seed=self.seed,
+            classes=self.classes,
+            input_size=self.input_size,
+            synthetic=self.synthetic,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with every key (the roadmap's ``dataset`` object)."""
+        return {
+            "name": self.name,
+            "data_dir": self.data_dir,
+            "classes": None if self.classes is None else list(self.classes),
+            "input_size": self.input_size,
+            "val_fraction": self.val_fraction,
+            "seed": self.seed,
+            "synthetic": None if self.synthetic is None else self.synthetic.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "data spec") -> DataSpec:
+        """Parse `to_dict`'s output (missing keys take their defaults); errors name `source`."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
+            raise NestError(f"{source} must be an object with a data set 'name'")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise NestError(f"{source} has unknown keys: {', '.join(unknown)}")
+        classes, synthetic = data.get("classes"), data.get("synthetic")
+        if classes is not None and not (
+            isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+        ):
+            raise NestError(f"{source}: 'classes' must be a list of class names or null")
+        if synthetic is not None and not isinstance(synthetic, Mapping):
+            raise NestError(f"{source}: 'synthetic' must be an object or null")
+        try:
+            return cls(
+                name=data["name"],
+                data_dir=data.get("data_dir"),
+                classes=None if classes is None else tuple(classes),
+                input_size=data.get("input_size"),
+                val_fraction=data.get("val_fraction", DEFAULT_VAL_FRACTION),
+                seed=data.get("seed", 0),
+                synthetic=None if synthetic is None else SyntheticConfig(**synthetic),
+            )
+        except TypeError as e:  # unknown synthetic keys
+            raise NestError(f"{source}: 'synthetic': {e}") from e
+
+
+def data_meta(spec: DataSpec, splits: DatasetSplits) -> dict[str, Any]:
+    """What a checkpoint records about its training data (`DATA_META_KEYS`): enough to reload
+    the same split later, and to normalise inputs."""
+    meta: dict[str, Any] = {
+        "dataset": spec.name,
+        "data_dir": spec.data_dir,
+        "class_names": list(splits.class_names),
+        "mean": list(splits.mean),
+        "std": list(splits.std),
+        "val_fraction": spec.val_fraction,
+        "seed": spec.seed,
+    }
+    if spec.synthetic is not None:
+        meta["synthetic_samples"] = spec.synthetic.train_size
+    return meta
+
+
+def recorded_data_spec(
+    name: str,
+    meta: Mapping[str, Any],
+    *,
+    in_channels: int,
+    num_classes: int,
+    input_size: int,
+    data_dir: str | None = None,
+    val_fraction: float | None = None,
+    seed: int | None = None,
+) -> DataSpec:
+    """Data set `name` split as a checkpoint's `meta` records it (see `data_meta`), at the
+    model's shape; `data_dir`, `val_fraction` and `seed`, when given, override the record."""
+    synthetic = None
+    if name == "synthetic":
+        synthetic = SyntheticConfig.sized(
+            int(meta.get("synthetic_samples", DEFAULT_SYNTHETIC_SAMPLES)),
+            num_classes=num_classes,
+            in_channels=in_channels,
+            input_size=input_size,
+        )
+    class_names = meta.get("class_names")
+    return DataSpec(
+        name=name,
+        data_dir=data_dir or meta.get("data_dir"),
+        classes=tuple(class_names) if class_names else None,
+        input_size=input_size,
+        val_fraction=_first(val_fraction, meta.get("val_fraction"), DEFAULT_VAL_FRACTION),
+        seed=_first(seed, meta.get("seed"), 0),
+        synthetic=synthetic,
+    )
+
+
+def _first(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
 
 
 def load_dataset(

@@ -12,26 +12,12 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nestdnn.checkpoint import load_checkpoint
-from nestdnn.data import DatasetSplits, SyntheticConfig, load_dataset
+from nestdnn.data import DATA_META_KEYS, DEFAULT_VAL_FRACTION, DataSpec, recorded_data_spec
 from nestdnn.errors import NestError
+from nestdnn.models import ModelConfig
 from pruning.importance import CRITERIA
 from pruning.prune import PruneJob, prune
 from pruning.roadmap import ROADMAP_FILE, PruneSettings, Roadmap, RoadmapStep
-
-DEFAULT_VAL_FRACTION = 0.1
-DEFAULT_SYNTHETIC_SAMPLES = 5000
-# Vanilla checkpoint metadata (written by `nestdnn train`) that describes the model's data and
-# its split, and so stays true for every pruned step.
-DATA_META_KEYS = (
-    "dataset",
-    "data_dir",
-    "class_names",
-    "mean",
-    "std",
-    "val_fraction",
-    "seed",
-    "synthetic_samples",
-)
 
 
 def configure_prune(parser: argparse.ArgumentParser) -> None:
@@ -113,8 +99,8 @@ def run_prune(args: argparse.Namespace) -> int:
     )
     settings.validate()
     vanilla, meta = load_checkpoint(args.model)
-    dataset = dataset_spec(args, vanilla.config.to_dict(), meta)
-    splits = load_splits(dataset)
+    dataset = data_spec(args, vanilla.config, meta)
+    splits = dataset.load()
     job = PruneJob(
         vanilla_path=args.model,
         out=args.out,
@@ -148,10 +134,10 @@ def print_step(step: RoadmapStep, roadmap: Roadmap) -> None:
     )
 
 
-def dataset_spec(
-    args: argparse.Namespace, model_config: Mapping[str, Any], meta: Mapping[str, Any]
-) -> dict[str, Any]:
-    """How to reload the vanilla model's data: ``load_dataset`` arguments, recorded in the roadmap.
+def data_spec(
+    args: argparse.Namespace, model_config: ModelConfig, meta: Mapping[str, Any]
+) -> DataSpec:
+    """The vanilla model's data and split, recorded in the roadmap.
 
     The split must be the one the vanilla model was trained with, so the validation split
     stays unseen; settings the checkpoint records are used unless given on the command line.
@@ -162,40 +148,13 @@ def dataset_spec(
             f"{args.model} was trained on {trained_on}, not {args.dataset}; prune it on its own"
             " data set"
         )
-    synthetic = None
-    if args.dataset == "synthetic":
-        samples = int(meta.get("synthetic_samples", DEFAULT_SYNTHETIC_SAMPLES))
-        synthetic = {
-            "num_classes": model_config["num_classes"],
-            "in_channels": model_config["in_channels"],
-            "input_size": model_config["input_size"],
-            "train_size": samples,
-            "test_size": max(1, samples // 5),
-        }
-    class_names = meta.get("class_names")
-    return {
-        "name": args.dataset,
-        "data_dir": args.data_dir or meta.get("data_dir"),
-        "classes": list(class_names) if class_names else None,
-        "input_size": model_config["input_size"],
-        "val_fraction": _first(args.val_fraction, meta.get("val_fraction"), DEFAULT_VAL_FRACTION),
-        "seed": _first(args.split_seed, meta.get("seed"), 0),
-        "synthetic": synthetic,
-    }
-
-
-def load_splits(spec: Mapping[str, Any]) -> DatasetSplits:
-    """Load the data set a ``dataset_spec`` describes (train/val/test splits)."""
-    return load_dataset(
-        spec["name"],
-        spec["data_dir"],
-        val_fraction=spec["val_fraction"],
-        seed=spec["seed"],
-        classes=spec["classes"],
-        input_size=spec["input_size"],
-        synthetic=SyntheticConfig(**spec["synthetic"]) if spec["synthetic"] else None,
+    return recorded_data_spec(
+        args.dataset,
+        meta,
+        in_channels=model_config.in_channels,
+        num_classes=model_config.num_classes,
+        input_size=model_config.input_size,
+        data_dir=args.data_dir,
+        val_fraction=args.val_fraction,
+        seed=args.split_seed,
     )
-
-
-def _first(*values: Any) -> Any:
-    return next(v for v in values if v is not None)

@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from nestdnn.checkpoint import load_checkpoint, save_checkpoint
-from nestdnn.data import DatasetSplits
+from nestdnn.data import DatasetSplits, DataSpec
 from nestdnn.errors import NestError
 from nestdnn.files import atomic_write
 from nestdnn.models import NestNet
@@ -56,7 +56,7 @@ class PruneJob:
 
     vanilla_path: Path
     out: Path
-    dataset: dict[str, Any]  # how to reload the data (recorded in the roadmap)
+    dataset: DataSpec  # how to reload the data (recorded in the roadmap)
     settings: PruneSettings
     meta: dict[str, Any] | None = None  # extra metadata for every step checkpoint
     threads: int | None = None  # torch threads (None: all cores); does not change the result
@@ -255,7 +255,7 @@ def _start(vanilla: NestNet, splits: DatasetSplits, job: PruneJob) -> tuple[Road
         vanilla=str(job.vanilla_path),
         vanilla_sha256=file_sha256(job.vanilla_path),
         model_config=vanilla.config.to_dict(),
-        dataset=dict(job.dataset),
+        dataset=job.dataset,
         settings=job.settings,
     )
     job.out.mkdir(parents=True, exist_ok=True)
@@ -327,7 +327,7 @@ def _differences(roadmap: Roadmap, vanilla: NestNet, job: PruneJob) -> list[str]
     elif roadmap.vanilla_sha256 != file_sha256(job.vanilla_path):
         found.append(f"vanilla file {roadmap.vanilla} had other weights")
     if roadmap.dataset != job.dataset:
-        found.append(f"dataset was {roadmap.dataset}, now {job.dataset}")
+        found.append(f"dataset was {roadmap.dataset.to_dict()}, now {job.dataset.to_dict()}")
     return found
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from nestdnn.data import DataSpec
 from nestdnn.errors import NestError
 from nestdnn.files import atomic_write
 
@@ -93,7 +94,7 @@ class Roadmap:
     vanilla: str
     vanilla_sha256: str
     model_config: dict[str, Any]
-    dataset: dict[str, Any]
+    dataset: DataSpec
     settings: PruneSettings
     steps: list[RoadmapStep] = field(default_factory=list)
     stopped: str | None = None  # None while the run is unfinished
@@ -114,7 +115,7 @@ class Roadmap:
             "vanilla": self.vanilla,
             "vanilla_sha256": self.vanilla_sha256,
             "model_config": self.model_config,
-            "dataset": self.dataset,
+            "dataset": self.dataset.to_dict(),
             **self.settings.to_dict(),
             "steps": [s.to_dict() for s in self.steps],
             "seed_step": self.seed_step,
@@ -145,7 +146,7 @@ class Roadmap:
             vanilla=data["vanilla"],
             vanilla_sha256=data.get("vanilla_sha256", ""),
             model_config=dict(data["model_config"]),
-            dataset=dict(data["dataset"]),
+            dataset=DataSpec.from_dict(data["dataset"], f"{source} 'dataset'"),
             settings=settings,
             steps=steps,
             stopped=data["stopped"],

@@ -11,7 +11,7 @@ from nestdnn.errors import NestError
 from nestdnn.training import set_threads
 from recovery.grow import RecoveryConfig, RecoveryResult, recover, work_dir_for
 from recovery.levels import choose_steps, plan_levels, validate_steps
-from recovery.roadmap import load_run_splits, open_prune_run
+from recovery.prune_run import load_run_splits, open_prune_run
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from nestdnn.nestfile import NestDescendant, NestMeta, load_descendant, write_ne
 from nestdnn.training import LossFn, TrainConfig, evaluate, train
 from recovery.freeze import Freezer, overwrite_blocks
 from recovery.levels import LevelPlan
-from recovery.roadmap import PruneRun
+from recovery.prune_run import PruneRun
 
 log = logging.getLogger(__name__)
 

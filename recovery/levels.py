@@ -17,7 +17,7 @@ from torch import Tensor
 
 from nestdnn.errors import NestError
 from pruning.roadmap import RoadmapStep
-from recovery.roadmap import PruneRun
+from recovery.prune_run import PruneRun
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -16,8 +17,11 @@ from nestdnn.data import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_FILES,
     DatasetSplits,
+    DataSpec,
     SyntheticConfig,
+    data_meta,
     load_dataset,
+    recorded_data_spec,
     resolve_classes,
 )
 from nestdnn.errors import NestError
@@ -93,6 +97,72 @@ def test_input_size_resizes_every_split(tiny_synthetic: SyntheticConfig) -> None
     assert splits.input_size == 8
     assert splits.train.tensors[0].shape[-2:] == (8, 8)
     assert splits.test.tensors[0].shape[-2:] == (8, 8)
+
+
+# --- data specs --------------------------------------------------------------------------------
+
+ROADMAP_DATASET_KEYS = ["name", "data_dir", "classes", "input_size", "val_fraction", "seed",
+                        "synthetic"]  # fmt: skip
+
+
+def test_data_spec_round_trips_through_json_with_the_roadmap_keys(
+    tiny_synthetic: SyntheticConfig,
+) -> None:
+    spec = DataSpec(
+        "synthetic", classes=("class2", "class0"), input_size=16, val_fraction=0.2, seed=3,
+        synthetic=tiny_synthetic,
+    )  # fmt: skip
+    data = spec.to_dict()
+    assert list(data) == ROADMAP_DATASET_KEYS
+    assert data["classes"] == ["class2", "class0"]
+    assert data["synthetic"] == {"num_classes": 4, "in_channels": 1, "input_size": 16,
+                                 "train_size": 400, "test_size": 80}  # fmt: skip
+    assert DataSpec.from_dict(json.loads(json.dumps(data))) == spec
+    noisy = DataSpec("synthetic", synthetic=SyntheticConfig(noise=0.5))
+    assert DataSpec.from_dict(json.loads(json.dumps(noisy.to_dict()))) == noisy
+    assert DataSpec.from_dict({"name": "fashion-mnist"}) == DataSpec("fashion-mnist")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([], "data set 'name'"),
+        ({"data_dir": "x"}, "data set 'name'"),
+        ({"name": "synthetic", "colour": True}, "unknown keys: colour"),
+        ({"name": "synthetic", "classes": "a,b"}, "'classes'"),
+        ({"name": "synthetic", "synthetic": 3}, "'synthetic'"),
+        ({"name": "synthetic", "synthetic": {"size": 3}}, "'synthetic'"),
+    ],
+)
+def test_bad_data_specs_are_rejected(data: object, message: str) -> None:
+    with pytest.raises(NestError, match=message):
+        DataSpec.from_dict(data, "roadmap 'dataset'")  # type: ignore[arg-type]
+
+
+def test_data_spec_loads_what_load_dataset_loads(tiny_synthetic: SyntheticConfig) -> None:
+    spec = DataSpec("synthetic", classes=("class3", "class1"), val_fraction=0.25, seed=5,
+                    synthetic=tiny_synthetic)  # fmt: skip
+    splits = spec.load()
+    direct = load_dataset("synthetic", synthetic=tiny_synthetic, classes=["class3", "class1"],
+                          val_fraction=0.25, seed=5)  # fmt: skip
+    for a, b in zip(all_tensors(splits), all_tensors(direct), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_recorded_data_spec_rebuilds_the_training_split(tiny_synthetic: SyntheticConfig) -> None:
+    trained = DataSpec("synthetic", val_fraction=0.2, seed=7,
+                       synthetic=SyntheticConfig.sized(400, num_classes=4, in_channels=1,
+                                                       input_size=16))  # fmt: skip
+    splits = trained.load()
+    meta = data_meta(trained, splits)
+    assert meta["synthetic_samples"] == 400 and meta["class_names"] == list(splits.class_names)
+    shape = {"in_channels": 1, "num_classes": 4, "input_size": 16}
+    spec = recorded_data_spec("synthetic", meta, **shape)
+    assert spec.val_fraction == 0.2 and spec.seed == 7 and spec.synthetic == trained.synthetic
+    assert torch.equal(spec.load().val.tensors[0], splits.val.tensors[0])
+    overridden = recorded_data_spec("synthetic", meta, **shape, val_fraction=0.3, seed=1)
+    assert (overridden.val_fraction, overridden.seed) == (0.3, 1)
+    assert recorded_data_spec("synthetic", {}, **shape).synthetic.train_size == 5000
 
 
 # --- class subsets ---------------------------------------------------------------------------

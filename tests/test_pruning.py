@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from nestdnn.checkpoint import load_checkpoint, save_checkpoint
 from nestdnn.cli import main
-from nestdnn.data import DatasetSplits, SyntheticConfig, load_dataset
+from nestdnn.data import DatasetSplits, DataSpec, SyntheticConfig, load_dataset
 from nestdnn.errors import NestError
 from nestdnn.models import NestNet, build_model
 from nestdnn.training import TrainConfig, evaluate, train
@@ -27,7 +27,7 @@ from pruning.roadmap import PruneSettings, Roadmap, load_roadmap
 SYNTHETIC = SyntheticConfig(
     num_classes=4, in_channels=1, input_size=16, train_size=600, test_size=120
 )
-DATASET_SPEC = {"name": "synthetic", "synthetic": SYNTHETIC.__dict__}
+DATASET_SPEC = DataSpec("synthetic", synthetic=SYNTHETIC)
 
 
 def tiny(arch: str = "vgg11") -> NestNet:
@@ -482,7 +482,7 @@ def test_cli_prunes_and_prints_a_line_per_step(
     ]  # fmt: skip
     roadmap = load_roadmap(out)
     assert roadmap.settings.criterion == "l1" and roadmap.stopped == "max_steps"
-    assert roadmap.dataset["synthetic"]["train_size"] == SYNTHETIC.train_size
+    assert roadmap.dataset.synthetic.train_size == SYNTHETIC.train_size
     _, meta = load_checkpoint(out / "seed.pt")
     assert meta["dataset"] == "synthetic" and meta["class_names"] == list(SYNTHETIC_NAMES)
 
@@ -509,8 +509,8 @@ def test_cli_prunes_a_trained_model_on_the_split_it_was_trained_with(
     roadmap = load_roadmap(tmp_path / "prune")
     # The same validation split (not a re-drawn one) gives the vanilla the same accuracy.
     assert roadmap.steps[0].val_accuracy == meta["val_accuracy"]
-    assert roadmap.dataset["val_fraction"] == 0.2 and roadmap.dataset["seed"] == 4
-    assert roadmap.dataset["synthetic"]["train_size"] == 300
+    assert roadmap.dataset.val_fraction == 0.2 and roadmap.dataset.seed == 4
+    assert roadmap.dataset.synthetic.train_size == 300
 
 
 def imagefolder(root: Path, classes: int) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ from torch import Tensor, nn
 import recovery.grow
 from nestdnn.checkpoint import load_checkpoint, save_checkpoint
 from nestdnn.cli import main
-from nestdnn.data import DatasetSplits, SyntheticConfig, load_dataset
+from nestdnn.data import DatasetSplits, DataSpec, SyntheticConfig, load_dataset
 from nestdnn.errors import NestError
 from nestdnn.models import build_model
 from nestdnn.nestfile import load_descendant, read_manifest
@@ -30,7 +30,7 @@ from recovery.grow import (
     work_dir_for,
 )
 from recovery.levels import LevelPlan, choose_steps, plan_levels, validate_steps
-from recovery.roadmap import PruneRun, open_prune_run
+from recovery.prune_run import PruneRun, open_prune_run
 
 # --- choosing steps and ordering channels ---------------------------------------------------
 
@@ -54,7 +54,7 @@ def fake_run(params: list[int], kept: list[list[int]] | None = None) -> PruneRun
         vanilla="vanilla.pt",
         vanilla_sha256="",
         model_config={"widths": {"g": len(kept[0])}},
-        dataset={"name": "synthetic"},
+        dataset=DataSpec("synthetic"),
         settings=PruneSettings(criterion="l1", ratio=0.1, min_accuracy=0.5, retrain_epochs=1),
         steps=steps,
         stopped="min_accuracy",
@@ -186,8 +186,7 @@ def prune_tiny(tmp: Path, arch: str, splits: DatasetSplits, synthetic: Synthetic
     vanilla = build_model(arch, in_channels=1, num_classes=4, input_size=16, widths=widths)
     train(vanilla, splits, TrainConfig(epochs=1, batch_size=32, progress=False, threads=1))
     save_checkpoint(tmp / "vanilla.pt", vanilla)
-    spec = {"name": "synthetic", "data_dir": None, "classes": None, "input_size": 16,
-            "val_fraction": 0.1, "seed": 0, "synthetic": asdict(synthetic)}
+    spec = DataSpec("synthetic", input_size=16, synthetic=synthetic)
     settings = PruneSettings(criterion="l1", ratio=0.2, min_accuracy=0.0, retrain_epochs=0.25,
                              batch_size=32)
     prune(vanilla, splits, PruneJob(tmp / "vanilla.pt", tmp / "prune", spec, settings),

@@ -14,7 +14,6 @@ Like the rest of `nestdnn.cli`, this module sits above every stage.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import secrets
@@ -321,10 +320,9 @@ def play_scenario(daemon: Daemon, plan: DemoPlan, frames: np.ndarray) -> None:
 
 def demo_frames(prune_dir: Path, count: int = 64) -> np.ndarray:
     """Real test-split frames of the demo model's data set, as normalised float32 arrays."""
-    from pruning.cli import load_splits
+    from pruning.roadmap import load_roadmap
 
-    spec = json.loads((prune_dir / "roadmap.json").read_text())["dataset"]
-    images = load_splits(spec).test.tensors[0][:count]
+    images = load_roadmap(prune_dir).dataset.load().test.tensors[0][:count]
     return images.numpy().astype(np.float32)
 
 

@@ -9,13 +9,21 @@ import shlex
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nestdnn.data import DataSpec
 
 log = logging.getLogger(__name__)
 
 
 def configure_train(parser: argparse.ArgumentParser) -> None:
-    from nestdnn.data import DATASETS, FASHION_MNIST_DIR
+    from nestdnn.data import (
+        DATASETS,
+        DEFAULT_SYNTHETIC_SAMPLES,
+        DEFAULT_VAL_FRACTION,
+        FASHION_MNIST_DIR,
+    )
     from nestdnn.models import ARCHS
 
     parser.description = (
@@ -48,7 +56,9 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         help="keep only these classes (comma-separated names or indices), relabelled in order,"
         " e.g. 'Sandal,Sneaker,Ankle boot'",
     )
-    data.add_argument("--val-fraction", type=float, default=0.1, help="held out from train")
+    data.add_argument(
+        "--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, help="held out from train"
+    )
     data.add_argument("--input-size", type=int, help="resize images to this square size")
     data.add_argument(
         "--synthetic-classes", type=int, default=10, help="synthetic data: number of classes"
@@ -59,7 +69,7 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--synthetic-samples",
         type=int,
-        default=5000,
+        default=DEFAULT_SYNTHETIC_SAMPLES,
         help="synthetic data: training samples (test: a fifth of it)",
     )
     opt = parser.add_argument_group("training")
@@ -95,7 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from nestdnn.checkpoint import save_checkpoint
-    from nestdnn.data import SyntheticConfig, load_dataset
+    from nestdnn.data import data_meta
     from nestdnn.models import build_model, default_widths
     from nestdnn.training import TrainConfig, evaluate, train
 
@@ -115,21 +125,8 @@ def run_train(args: argparse.Namespace) -> int:
         checkpoint_path=str(args.out / "train_state.pt"),
     )
     config.validate()
-    splits = load_dataset(
-        args.dataset,
-        args.data_dir,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        classes=args.classes,
-        input_size=args.input_size,
-        synthetic=SyntheticConfig(
-            num_classes=args.synthetic_classes,
-            in_channels=args.synthetic_channels,
-            input_size=args.input_size or SyntheticConfig.input_size,
-            train_size=args.synthetic_samples,
-            test_size=max(1, args.synthetic_samples // 5),
-        ),
-    )
+    spec = data_spec(args)
+    splits = spec.load()
     widths = None
     if args.widths is not None:
         widths = default_widths(args.arch, splits.input_size, args.width_mult) | args.widths
@@ -147,24 +144,14 @@ def run_train(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     result = train(model, splits, config)
     test_accuracy = evaluate(model, splits.test, config.eval_batch_size)
-    data_meta = {
-        "dataset": splits.name,
-        "data_dir": str(args.data_dir) if args.data_dir else None,
-        "class_names": list(splits.class_names),
-        "mean": list(splits.mean),
-        "std": list(splits.std),
-        # enough to reload the same split later (pruning must not see the validation data)
-        "val_fraction": args.val_fraction,
-        "seed": args.seed,
-    }
-    if splits.name == "synthetic":
-        data_meta["synthetic_samples"] = args.synthetic_samples
+    # enough to reload the same split later (pruning must not see the validation data)
+    data = data_meta(spec, splits)
     accuracy = {"val_accuracy": result.val_accuracy, "test_accuracy": test_accuracy}
-    checkpoint = save_checkpoint(args.out / "vanilla.pt", model, **data_meta, **accuracy)
+    checkpoint = save_checkpoint(args.out / "vanilla.pt", model, **data, **accuracy)
     report = {
         "command": shlex.join(["nestdnn", *args.argv]),
         "model": model.config.to_dict(),
-        **data_meta,
+        **data,
         **accuracy,
         "params": params,
         "macs": macs,
@@ -182,6 +169,29 @@ def run_train(args: argparse.Namespace) -> int:
         f" trained {result.seconds:.0f} s -> {checkpoint}"
     )
     return 0
+
+
+def data_spec(args: argparse.Namespace) -> DataSpec:
+    """The data set and split the command line asks for (the split seed is --seed)."""
+    from nestdnn.data import DataSpec, SyntheticConfig
+
+    synthetic = None
+    if args.dataset == "synthetic":
+        synthetic = SyntheticConfig.sized(
+            args.synthetic_samples,
+            num_classes=args.synthetic_classes,
+            in_channels=args.synthetic_channels,
+            input_size=args.input_size or SyntheticConfig.input_size,
+        )
+    return DataSpec(
+        name=args.dataset,
+        data_dir=args.data_dir or None,
+        classes=tuple(args.classes) if args.classes is not None else None,
+        input_size=args.input_size,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        synthetic=synthetic,
+    )
 
 
 def _parse_widths(text: str) -> dict[str, int]:

@@ -1,15 +1,17 @@
-"""The pruning run recovery starts from: its roadmap, step checkpoints and data set."""
+"""The pruning run recovery starts from: its roadmap, step checkpoints and data set.
+
+Reads what `nestdnn prune` wrote in its output directory (``roadmap.json``, ``step_XX.pt``).
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nestdnn.data import DatasetSplits
 from nestdnn.errors import NestError
 from nestdnn.models import ModelConfig
-from pruning.cli import load_splits
 from pruning.roadmap import ROADMAP_FILE, Roadmap, RoadmapStep, load_roadmap
 
 
@@ -61,9 +63,9 @@ def load_run_splits(
     run: PruneRun, dataset: str | None = None, data_dir: str | Path | None = None
 ) -> DatasetSplits:
     """The data set (and train/val split) the roadmap records, optionally from elsewhere."""
-    spec = dict(run.roadmap.dataset)
+    spec = run.roadmap.dataset
     if dataset is not None:
-        spec["name"] = dataset
+        spec = replace(spec, name=dataset)
     if data_dir is not None:
-        spec["data_dir"] = str(data_dir)
-    return load_splits(spec)
+        spec = replace(spec, data_dir=str(data_dir))
+    return spec.load()
