@@ -35,8 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nestdnn.errors import NestError
 from profiles.schema import Backend
 from scheduler.catalogue import ModelCatalogue
-from scheduler.cli import load_pool
-from scheduler.problem import App, Policy
+from scheduler.problem import App, Policy, load_app_pool
 from scheduler.simulate import SimulationResult, SwapModel, Trace, random_trace, simulate
 from scheduler.synthetic import synthetic_pool
 
@@ -176,7 +175,7 @@ def pool_from(paths: list[str]) -> list[App]:
     """Apps from every --profiles file, names made unique."""
     pool: list[App] = []
     for path in paths:
-        pool.extend(load_pool(path))
+        pool.extend(load_app_pool(path))
     return [a.model_copy(update={"name": f"{a.name}.{i}"}) for i, a in enumerate(pool)]
 
 

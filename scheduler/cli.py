@@ -13,17 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from nestdnn.errors import NestError, validation_message
-from scheduler.problem import (
-    METHODS,
-    POLICIES,
-    App,
-    Problem,
-    load_problem,
-    read_json,
-)
+from scheduler.problem import METHODS, POLICIES, Problem, load_app_pool, load_problem
 from scheduler.report import plot_simulation, simulation_table
 from scheduler.simulate import SwapModel, Trace, load_trace, random_trace, simulate
 from scheduler.solve import Tolerance, solve
@@ -163,7 +156,7 @@ def run_trace(args: argparse.Namespace) -> int:
     for name in positive:
         if getattr(args, name) <= 0:
             raise NestError(f"--{name.replace('_', '-')} must be > 0")
-    pool = load_pool(args.pool) if args.pool else synthetic_pool()
+    pool = load_app_pool(args.pool) if args.pool else synthetic_pool()
     try:
         trace = random_trace(
             pool,
@@ -185,20 +178,6 @@ def run_trace(args: argparse.Namespace) -> int:
     else:
         print(text)
     return 0
-
-
-def load_pool(path: str | Path) -> list[App]:
-    """A JSON list of apps (or an object with an "apps" list, such as a problem file)."""
-    data = read_json(path)
-    if isinstance(data, dict) and "apps" in data:
-        data = data["apps"]
-    try:
-        pool = TypeAdapter(list[App]).validate_python(data)
-    except ValidationError as exc:
-        raise NestError(f"{path}: invalid: {validation_message(exc)}") from exc
-    if not pool:
-        raise NestError(f"{path}: the app list is empty")
-    return pool
 
 
 def _write(path: Path, text: str) -> None:

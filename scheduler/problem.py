@@ -1,7 +1,8 @@
 """Problem and solution types of the scheduler: the JSON interface of `nestdnn schedule`.
 
 A problem JSON file is exactly `Problem.model_json_schema()`; a solution is printed as
-`Solution.model_dump(mode="json")`.
+`Solution.model_dump(mode="json")`. An app pool (`load_app_pool`, what `nestdnn trace` draws
+apps from) is a JSON list of `App`, or any object with such an "apps" list.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from nestdnn.errors import NestError, validation_message
 
@@ -194,3 +195,17 @@ def parse_problem(data: object, source: str = "problem") -> Problem:
 def load_problem(path: str | Path) -> Problem:
     """Read and validate a problem JSON file."""
     return parse_problem(read_json(path), str(path))
+
+
+def load_app_pool(path: str | Path) -> list[App]:
+    """A JSON list of apps (or an object with an "apps" list, such as a problem file)."""
+    data = read_json(path)
+    if isinstance(data, dict) and "apps" in data:
+        data = data["apps"]
+    try:
+        pool = TypeAdapter(list[App]).validate_python(data)
+    except ValidationError as exc:
+        raise NestError(f"{path}: invalid: {validation_message(exc)}") from exc
+    if not pool:
+        raise NestError(f"{path}: the app list is empty")
+    return pool

@@ -12,6 +12,7 @@ import pytest
 
 from nestdnn.errors import NestError
 from scheduler import cli
+from scheduler.problem import load_app_pool
 
 EXAMPLE = {
     "apps": [
@@ -149,6 +150,14 @@ def test_trace_from_a_pool_file(tmp_path: Path, capsys) -> None:
     assert all(e["app"]["name"].startswith("a#") for e in trace["events"] if e["kind"] == "start")
     with pytest.raises(NestError, match="empty"):
         run("trace", ["--budget", "1", "--pool", write(tmp_path, [], "empty.json")])
+
+
+def test_app_pool_is_a_list_of_apps_or_a_problem_file(tmp_path: Path) -> None:
+    from_problem = load_app_pool(write(tmp_path, EXAMPLE))
+    from_list = load_app_pool(write(tmp_path, EXAMPLE["apps"], "pool.json"))
+    assert from_problem == from_list and [app.name for app in from_list] == ["a"]
+    with pytest.raises(NestError, match=r"pool\.json: invalid"):
+        load_app_pool(write(tmp_path, [{"name": "a"}], "pool.json"))
 
 
 def test_simulate_bad_trace_and_options(tmp_path: Path) -> None:
