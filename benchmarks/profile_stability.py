@@ -31,10 +31,11 @@ import torch
 
 from nestdnn.models import build_model, default_widths, prefix_state_dict
 from nestdnn.nestfile import NestDescendant, NestMeta, write_nest
-from profiles.cli import format_table, parse_backends
+from profiles.cli import parse_backends
 from profiles.latency import LatencySettings
 from profiles.profiler import ProfileSettings, profile_nest
 from profiles.schema import BACKENDS, Profile, load_profile, save_profile
+from profiles.table import format_table
 
 OUT_DIR = Path("runs/benchmarks")
 GOAL = 1.10
