@@ -24,6 +24,8 @@ from typing import Any
 ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR))
 
+from apps import API_APP, APPS, STABILITY_APP  # noqa: E402
+
 from nestdnn.cli.pipeline import PipelineDirs, PipelinePlan  # noqa: E402
 from profiles.device import cpu_model  # noqa: E402
 
@@ -136,7 +138,7 @@ def apps_section(root: Path, apps: list[PipelinePlan]) -> str:
         "Each app is a model trained from scratch here (`nestdnn train`), pruned with TRR"
         " (`nestdnn prune`), grown back with freeze-&-grow into a `.nest` (`nestdnn recover`)"
         " and profiled (`nestdnn profile`, torch and TFLite, 1 thread). Settings: `APPS` in"
-        " `benchmarks/reproduce.py`.",
+        " `benchmarks/apps.py`.",
         md_table(["app", "model", "data (task)", "vanilla test acc", "params", "MACs",
                   "seed", "descendants"], rows),
     ])  # fmt: skip
@@ -272,7 +274,7 @@ def profile_section(root: Path, apps: list[PipelinePlan], figures: Path) -> str:
         if dirs.profile_plot.exists():
             shutil.copy(dirs.profile_plot, figures / dirs.profile_plot.name)
             parts.append(f"![{plan.name} profile](results/{dirs.profile_plot.name})")
-    stability = read_json(root / "bench" / "profile_stability_fmnist-vgg16.json")
+    stability = read_json(root / "bench" / f"profile_stability_{STABILITY_APP}.json")
     if stability is not None:
         rows = []
         for backend, b in stability["backends"].items():
@@ -287,7 +289,7 @@ def profile_section(root: Path, apps: list[PipelinePlan], figures: Path) -> str:
             f"{backend} " + ", ".join(f"{1e3 * m:.3f}" for m in b["reference_medians_s"])
             for backend, b in stability["backends"].items() if b.get("reference_medians_s"))
         parts += ["**Stability** of the medians over three separate profiling runs of"
-                  " fmnist-vgg16 (goal: max/min <= 1.10 per descendant). *Relative*: each"
+                  f" {STABILITY_APP} (goal: max/min <= 1.10 per descendant). *Relative*: each"
                   " median divided by the reference kernel's median timed in the same rounds, "
                   + (f"the machine's speed during that run ({speeds} ms)." if speeds
                      else "not recorded in these runs."),
@@ -369,7 +371,7 @@ def live_section(root: Path) -> str:
 
 
 def api_section(root: Path) -> str:
-    path = root / "bench" / "api_load_fmnist-vgg16.json"
+    path = root / "bench" / f"api_load_{API_APP}.json"
     data = read_json(path)
     parts = ["## REST API under load"]
     if data is None:
@@ -474,8 +476,6 @@ def write_report(root: Path, apps: list[PipelinePlan], docs: Path) -> Path:
 
 
 def main() -> int:
-    from reproduce import APPS
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=ROOT_DIR / "runs" / "reproduce")
     parser.add_argument("--docs", type=Path, default=ROOT_DIR / "docs")

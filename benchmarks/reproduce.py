@@ -1,8 +1,9 @@
 """`make reproduce`: the paper's evaluation on real data, from nothing to docs/results.md.
 
-Three apps with genuinely different models or tasks (APPS) go through the offline pipeline
-(train -> prune -> recover -> profile), then every benchmark of the earlier issues runs on
-them, and `benchmarks/report.py` writes docs/results.md with tables and plots.
+Three apps with genuinely different models or tasks (`APPS` in benchmarks/apps.py) go
+through the offline pipeline (train -> prune -> recover -> profile), then every benchmark of
+the earlier issues runs on them, and `benchmarks/report.py` writes docs/results.md with
+tables and plots.
 
 The work is a graph of jobs, each a separate process with its own log under
 ROOT/logs/. Training jobs run two at a time (one thread each: this machine has 2 cores);
@@ -35,43 +36,14 @@ from pathlib import Path
 ROOT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT_DIR))
 
+from apps import API_APP, APPS, STABILITY_APP  # noqa: E402
+from report import write_report  # noqa: E402
+
 from nestdnn.cli.pipeline import PipelineDirs, PipelinePlan, pipeline_stages  # noqa: E402
 from nestdnn.errors import NestError  # noqa: E402
 from nestdnn.files import atomic_write  # noqa: E402
 
 log = logging.getLogger("reproduce")
-
-FMNIST = ("--dataset", "fashion-mnist")
-APPS = [
-    # Pruned widths stay multiples of 4: SIMD-friendly (no odd-width slow paths in XNNPACK), and
-    # torch 2.14.1's oneDNN backward corrupts the heap training ResNet-20 with augmentation at
-    # odd widths such as 6/13/26 on this CPU (multiples of 4 train cleanly).
-    # The model of the earlier issues (VGG-16 x0.25), trained 6 epochs instead of 10 so that the
-    # whole reproduction, from-scratch baselines included, fits in the 3-hour budget.
-    PipelinePlan(
-        name="fmnist-vgg16", arch="vgg16", width_mult=0.25, data_args=FMNIST,
-        train_epochs=6, prune_ratio=0.1, prune_retrain_epochs=0.3, prune_max_steps=8,
-        accuracy_drop=0.02, prune_round_to=4, descendants=5, epochs_per_level=1.0,
-        profile_backends="torch,tflite", threads=1,
-    ),
-    # A different family on the same task.
-    PipelinePlan(
-        name="fmnist-resnet20", arch="resnet20", width_mult=0.5, data_args=FMNIST,
-        train_epochs=4, prune_ratio=0.1, prune_retrain_epochs=0.3, prune_max_steps=8,
-        accuracy_drop=0.02, prune_round_to=4, descendants=5, epochs_per_level=1.0,
-        profile_backends="torch,tflite", threads=1,
-    ),
-    # A different task: its own label set (3-class footwear), derived from Fashion-MNIST.
-    PipelinePlan(
-        name="footwear-vgg11", arch="vgg11", width_mult=0.25,
-        data_args=(*FMNIST, "--classes", "Sandal,Sneaker,Ankle boot"),
-        train_epochs=6, prune_ratio=0.2, prune_retrain_epochs=0.5, prune_max_steps=8,
-        accuracy_drop=0.03, prune_round_to=4, descendants=5, epochs_per_level=1.0,
-        profile_backends="torch,tflite", threads=1,
-    ),
-]  # fmt: skip
-STABILITY_APP = "fmnist-vgg16"  # issue 5's model: profiled three times
-API_APP = "fmnist-vgg16"  # issue 8's model
 
 
 @dataclass(frozen=True)
@@ -382,8 +354,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     code = runner.run()
     if code == 0 and not args.no_report and not args.only:
-        from report import write_report
-
         path = write_report(args.root, APPS, ROOT_DIR / "docs")
         print(f"wrote {path}")
     return code

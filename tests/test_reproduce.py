@@ -10,7 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from reproduce import APPS, Job, Ledger, Runner, build_jobs
+from apps import APPS
+from reproduce import Job, Ledger, Runner, build_jobs
 
 from nestdnn.errors import NestError
 
