@@ -12,7 +12,7 @@ from api.daemon import ApiSettings, Daemon
 from api.errors import install_error_handlers
 from api.middleware import BodySizeLimit, RequestCounter
 from api.routers import apps, health, infer, models, schedule
-from scheduler.runtime import Runtime
+from scheduler.daemon import Runtime
 
 API_VERSION = "1"
 

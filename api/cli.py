@@ -16,9 +16,9 @@ import uvicorn
 from api.app import create_app
 from api.daemon import ApiSettings
 from nestdnn.errors import NestError
+from profiles.schema import BACKENDS
+from scheduler.daemon import OVERFLOWS, ModelCatalogue, Runtime, RuntimeSettings
 from scheduler.problem import METHODS, POLICIES
-from scheduler.runtime import ModelCatalogue, Runtime, RuntimeSettings
-from scheduler.specs import BACKENDS, OVERFLOWS
 
 log = logging.getLogger(__name__)
 

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from api.auth import TOKENS_FILE, Authenticator, TokenStore, resolve_admin_token
 from api.frames import FrameSpec
 from api.metrics import ApiMetrics
-from scheduler.errors import UnknownApp
-from scheduler.runtime import (
+from scheduler.daemon import (
     AppInfo,
     AppSpec,
     AppStatus,
@@ -23,6 +20,7 @@ from scheduler.runtime import (
     Prediction,
     Runtime,
     Snapshot,
+    UnknownApp,
 )
 
 log = logging.getLogger(__name__)
@@ -49,8 +47,6 @@ class Daemon:
         self.tokens = TokenStore(settings.state_dir / TOKENS_FILE)
         self.auth: Authenticator | None = None
         self.started = time.monotonic()
-        self._models: dict[str, str] = {}
-        self._lock = threading.Lock()
 
     def start(self) -> None:
         """Start the runtime (restoring apps), load tokens and forget those of vanished apps."""
@@ -61,9 +57,7 @@ class Daemon:
         self.runtime.start()
         self.tokens.load()
         apps = self.runtime.snapshot().apps
-        with self._lock:
-            self._models = {app.id: app.model for app in apps}
-        self.tokens.retain(set(self._models))
+        self.tokens.retain({app.id for app in apps})
         log.info("serving %d models, %d apps restored", len(self.catalogue.entries), len(apps))
         self.log_plan("start", None)
 
@@ -74,14 +68,15 @@ class Daemon:
 
     def app_exists(self, app_id: str) -> bool:
         """Whether an app with this id is registered."""
-        with self._lock:
-            return app_id in self._models
+        try:
+            self.runtime.info(app_id)
+        except UnknownApp:
+            return False
+        return True
 
     def register(self, spec: AppSpec) -> tuple[AppInfo, str]:
         """Register an app with the runtime and issue its token."""
         info = self.runtime.register(spec)
-        with self._lock:
-            self._models[info.id] = info.model
         token = self.tokens.issue(info.id)
         self.log_plan("register", info.id)
         return info, token
@@ -95,8 +90,6 @@ class Daemon:
     def unregister(self, app_id: str) -> None:
         """Remove an app, its token and its latency series (re-plans)."""
         self.runtime.unregister(app_id)
-        with self._lock:
-            self._models.pop(app_id, None)
         self.tokens.revoke(app_id)
         self.metrics.forget_app(app_id)
         self.log_plan("unregister", app_id)
@@ -116,11 +109,7 @@ class Daemon:
 
     def entry(self, app_id: str) -> CatalogueEntry:
         """The catalogue entry of an app's model."""
-        with self._lock:
-            model = self._models.get(app_id)
-        if model is None:
-            raise UnknownApp(f"no app with id {app_id!r}")
-        return self.catalogue.entries[model]
+        return self.runtime.entry(app_id)
 
     def frame_spec(self, entry: CatalogueEntry) -> FrameSpec:
         """What frames for this model must look like."""
@@ -129,7 +118,7 @@ class Daemon:
             c, h, w, tuple(entry.mean), tuple(entry.std), max_pixels=self.settings.max_image_pixels
         )
 
-    def submit(self, app_id: str, frame: torch.Tensor) -> Future[Prediction]:
+    def submit(self, app_id: str, frame: Any) -> Future[Prediction]:
         """Queue one normalised frame for an app."""
         return self.runtime.submit(app_id, frame)
 

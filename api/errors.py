@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from api.frames import UnsupportedMediaType
 from nestdnn.errors import NestError
-from scheduler.errors import FrameDropped, Infeasible, QueueFull, UnknownApp, UnknownModel
+from scheduler.daemon import FrameDropped, Infeasible, QueueFull, UnknownApp, UnknownModel
 
 log = logging.getLogger(__name__)
 

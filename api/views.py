@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from api.schemas import AppOut, AppStatusOut, ScheduleOut
-from scheduler.runtime import AppInfo, AppStatus, Snapshot
+from scheduler.daemon import AppInfo, AppStatus, Snapshot
 
 
 def _ms(seconds: float | None) -> float | None:

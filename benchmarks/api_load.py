@@ -52,12 +52,12 @@ sys.path.insert(0, str(ROOT))
 
 from api.client import DaemonClient, npy_bytes  # noqa: E402
 from api.launcher import ServeProcess  # noqa: E402
-from nestdnn.nestfile import load_descendant  # noqa: E402
-from scheduler.catalogue import ModelCatalogue  # noqa: E402
-from scheduler.synthetic_models import (  # noqa: E402
+from nestdnn.nested import load_descendant  # noqa: E402
+from profiles.synthetic import (  # noqa: E402
     write_synthetic_nest,
     write_synthetic_profile,
 )
+from scheduler.daemon import ModelCatalogue  # noqa: E402
 
 log = logging.getLogger("api_load")
 

@@ -68,21 +68,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nestdnn.errors import NestError
 from nestdnn.nestfile import read_manifest
-from scheduler.backends import Backend, LoadedModel, TorchBackend
-from scheduler.catalogue import CatalogueEntry, ModelCatalogue
-from scheduler.errors import FrameDropped, QueueFull, UnknownApp
-from scheduler.executor import Prediction
-from scheduler.problem import App, Descendant
+from profiles.synthetic import write_synthetic_nest, write_synthetic_profile
+from scheduler.daemon.backends import InferenceBackend, LoadedModel
+from scheduler.daemon.backends.pytorch import TorchBackend
+from scheduler.daemon.catalogue import CatalogueEntry, ModelCatalogue
+from scheduler.daemon.errors import FrameDropped, QueueFull, UnknownApp
+from scheduler.daemon.executor import Prediction
+from scheduler.daemon.runtime import AppSpec, Runtime, RuntimeSettings
+from scheduler.problem import App
 from scheduler.replay import DescendantCosts, RuntimeModel
-from scheduler.runtime import AppSpec, Runtime, RuntimeSettings
 from scheduler.simulate import AppStart, AppStop, SimulationResult, SwapModel, Trace, simulate
-from scheduler.synthetic_models import write_synthetic_nest, write_synthetic_profile
 
 log = logging.getLogger("daemon_live")
 
@@ -130,7 +130,7 @@ def build_workload(catalogue: ModelCatalogue, duration_s: float, budget_fraction
         if action == "stop":
             events.append(AppStop(time_s=t, name=name))
             continue
-        table = catalogue.entries[models[name]].descendants("torch")
+        table = catalogue.entries[models[name]].profiled("torch")
         app = App(name=name, target_latency_s=1.0 / fps, priority=priority.get(name, 1.0),
                   descendants=table)
         events.append(AppStart(time_s=t, app=app, fps=fps))
@@ -160,6 +160,11 @@ def _peak_bytes(events: Sequence[AppStart | AppStop],
 # ------------------------------------------------------------------------------ live run
 
 
+def random_frame(entry: CatalogueEntry) -> np.ndarray:
+    """A normalised float32 frame of the model's input shape (seeded noise)."""
+    return np.random.default_rng(0).standard_normal(entry.input_shape).astype(np.float32)
+
+
 class Sender(threading.Thread):
     """One app (a client): submits a frame every 1/fps seconds, counts what became of each.
 
@@ -167,7 +172,7 @@ class Sender(threading.Thread):
     daemon's work done on the client's thread).
     """
 
-    def __init__(self, runtime: Runtime, app_id: str, frame: torch.Tensor, fps: float) -> None:
+    def __init__(self, runtime: Runtime, app_id: str, frame: np.ndarray, fps: float) -> None:
         super().__init__(name=f"sender-{app_id}", daemon=True)
         self.runtime, self.app_id, self.frame, self.period = runtime, app_id, frame, 1.0 / fps
         self.halt = threading.Event()
@@ -272,10 +277,11 @@ class WorkerClock:
 
 
 def run_live(catalogue: ModelCatalogue, settings: RuntimeSettings, workload: Workload,
-             runtime_class: type[Runtime] = Runtime) -> LiveResult:
-    """Replay the trace in real time against a fresh runtime; measure every app."""
+             backend: InferenceBackend | None = None) -> LiveResult:
+    """Replay the trace in real time against a fresh runtime (on ``backend``, default: the
+    one the settings name); measure every app."""
     clock = WorkerClock()
-    runtime = runtime_class(catalogue, settings, job_observer=clock)
+    runtime = Runtime(catalogue, settings, backend=backend, job_observer=clock)
     runtime.start()
     try:
         records, process_s, clients_s, events_s = _replay(runtime, catalogue, workload)
@@ -304,7 +310,7 @@ def _replay(runtime: Runtime, catalogue: ModelCatalogue, workload: Workload
             ) -> tuple[dict[str, AppRecord], float, float, float]:
     """Start and stop apps at the trace's times; returns their records, the process's CPU
     seconds, the clients' own CPU seconds and the CPU seconds of the runtime's events."""
-    frames = {name: torch.randn(entry.input_shape) for name, entry in catalogue.entries.items()}
+    frames = {name: random_frame(entry) for name, entry in catalogue.entries.items()}
     ids: dict[str, str] = {}
     senders: dict[str, Sender] = {}
     finished: list[Sender] = []
@@ -387,7 +393,7 @@ class Calibration:
         """The fluid model's swap costs: a least-squares line through the measured loads."""
         sizes, times = [], []
         for name, costs in self.costs.items():
-            for d, c in zip(catalogue.entries[name].descendants("torch"), costs, strict=True):
+            for d, c in zip(catalogue.entries[name].profiled("torch"), costs, strict=True):
                 sizes.append(d.memory_bytes)
                 times.append(c.load_s)
         if len(set(sizes)) < 2:
@@ -401,14 +407,14 @@ def calibrate(catalogue: ModelCatalogue, threads: int, pace_s: float, frames: in
               paced_frames: int = 100, load_repeats: int = 11) -> Calibration:
     """Measure what the runtime model needs (see the module docstring); ``pace_s``: the
     trace's mean interval between two frames, at which the idle-worker costs are timed."""
-    torch.set_num_threads(threads)
-    backend = TorchBackend()
+    backend = TorchBackend(threads)
+    backend.on_worker_start()
     entries = list(catalogue.entries.values())
     backend.prepare(entries)
     try:
         models = {(e.name, k): backend.open(e, k) for e in entries
                   for k in range(e.num_descendants)}
-        inputs = {e.name: torch.randn(e.input_shape) for e in entries}
+        inputs = {e.name: random_frame(e) for e in entries}
         busy = _time_frames(models, inputs, frames)
         idle = _time_frames(models, inputs, paced_frames, pace_s=pace_s)
         del models
@@ -425,7 +431,7 @@ def calibrate(catalogue: ModelCatalogue, threads: int, pace_s: float, frames: in
                        load_repeats)
 
 
-def _time_frames(models: dict[tuple[str, int], LoadedModel], inputs: dict[str, torch.Tensor],
+def _time_frames(models: dict[tuple[str, int], LoadedModel], inputs: dict[str, np.ndarray],
                  rounds: int, pace_s: float | None = None
                  ) -> dict[tuple[str, int], tuple[float, float]]:
     """Mean wall and CPU seconds of one frame of each descendant, the descendants interleaved
@@ -450,7 +456,7 @@ def _time_frames(models: dict[tuple[str, int], LoadedModel], inputs: dict[str, t
     return {key: (statistics.fmean(wall[key]), statistics.fmean(cpu[key])) for key in models}
 
 
-def _time_loads(backend: Backend, catalogue: ModelCatalogue, keys: list[tuple[str, int]],
+def _time_loads(backend: InferenceBackend, catalogue: ModelCatalogue, keys: list[tuple[str, int]],
                 repeats: int) -> dict[tuple[str, int], tuple[float, float]]:
     """Median wall and CPU seconds of loading each descendant (files already opened), the
     descendants interleaved in ``repeats`` rounds (a burst of load hits them alike)."""
@@ -476,27 +482,20 @@ class _StubModel(LoadedModel):
     def descendant(self) -> int:
         return self._descendant
 
-    def predict(self, frame: torch.Tensor) -> list[float]:
+    def predict(self, frame: np.ndarray) -> list[float]:
         return self._probabilities
 
 
-class _StubBackend(Backend):
-    name = "torch"
+class _StubBackend(InferenceBackend):
+    """The torch backend's profile figures, with models that cost nothing."""
 
-    def descendants(self, entry: CatalogueEntry) -> list[Descendant]:
-        return entry.descendants("torch")
+    name = "torch"
 
     def open(self, entry: CatalogueEntry, descendant: int) -> LoadedModel:
         return _StubModel(descendant, len(entry.class_names))
 
     def prepare(self, entries: list[CatalogueEntry]) -> None:
         return
-
-
-class _StubRuntime(Runtime):
-    @staticmethod
-    def _make_backend(settings: RuntimeSettings) -> Backend:
-        return _StubBackend()
 
 
 def _spin(seconds: float) -> None:
@@ -516,7 +515,7 @@ class _SpinModel(_StubModel):
         self._costs = costs
         _spin(costs[descendant].load_s)
 
-    def predict(self, frame: torch.Tensor) -> list[float]:
+    def predict(self, frame: np.ndarray) -> list[float]:
         _spin(self._costs[self._descendant].service_s)
         return self._probabilities
 
@@ -530,24 +529,20 @@ def spin_costs(catalogue: ModelCatalogue, calibration: Calibration
     """The stub costs of ``--stub-costs``: a frame takes the profile's latency, a load the
     load time measured on the real model; processor time = wall time."""
     return {name: [DescendantCosts(d.latency_s, d.latency_s, c.load_s, c.load_s)
-                   for d, c in zip(entry.descendants("torch"), calibration.costs[name],
+                   for d, c in zip(entry.profiled("torch"), calibration.costs[name],
                                    strict=True)]
             for name, entry in catalogue.entries.items()}
 
 
-def spin_runtime(costs: dict[str, list[DescendantCosts]]) -> type[Runtime]:
-    """A runtime class whose models spin for exactly ``costs`` (frames and loads)."""
+class SpinBackend(_StubBackend):
+    """Models that spin for exactly the given costs (frames and loads)."""
 
-    class SpinBackend(_StubBackend):
-        def open(self, entry: CatalogueEntry, descendant: int) -> LoadedModel:
-            return _SpinModel(costs[entry.name], descendant, len(entry.class_names))
+    def __init__(self, costs: dict[str, list[DescendantCosts]]) -> None:
+        super().__init__()
+        self._costs = costs
 
-    class SpinRuntime(Runtime):
-        @staticmethod
-        def _make_backend(settings: RuntimeSettings) -> Backend:
-            return SpinBackend()
-
-    return SpinRuntime
+    def open(self, entry: CatalogueEntry, descendant: int) -> LoadedModel:
+        return _SpinModel(self._costs[entry.name], descendant, len(entry.class_names))
 
 
 def frame_overhead_cpu_s(catalogue: ModelCatalogue, fps: float = 200.0,
@@ -555,11 +550,12 @@ def frame_overhead_cpu_s(catalogue: ModelCatalogue, fps: float = 200.0,
     """The runtime's CPU per frame outside inference: a real runtime on stub models, one
     sender (the live run's) at ``fps``; process CPU minus the sender's own, per frame."""
     name = sorted(catalogue.entries)[0]
-    runtime = _StubRuntime(catalogue, RuntimeSettings(memory_budget_bytes=10**12))
+    runtime = Runtime(catalogue, RuntimeSettings(memory_budget_bytes=10**12),
+                      backend=_StubBackend())
     runtime.start()
     try:
         app = runtime.register(AppSpec(model=name, fps=fps))
-        sender = Sender(runtime, app.id, torch.zeros(catalogue.entries[name].input_shape), fps)
+        sender = Sender(runtime, app.id, random_frame(catalogue.entries[name]), fps)
         cpu0 = time.process_time()
         sender.start()
         time.sleep(seconds)
@@ -673,15 +669,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = {}
     for policy in args.policies.split(","):
         calibration = calibrate(catalogue, args.threads, workload.mean_frame_interval_s())
-        runtime_class = Runtime
+        backend = None
         if args.stub_costs:
             calibration.costs = spin_costs(catalogue, calibration)
-            runtime_class = spin_runtime(calibration.costs)
+            backend = SpinBackend(calibration.costs)
         swap = calibration.swap_model(catalogue)
         load_before = os.getloadavg()[0]
         live = run_live(catalogue, RuntimeSettings(
             memory_budget_bytes=workload.trace.memory_budget_bytes, policy=policy,
-            threads=args.threads, queue_size=args.queue_size), workload, runtime_class)
+            threads=args.threads, queue_size=args.queue_size), workload, backend)
         model = calibration.runtime_model(workload, args.queue_size)
         rows[policy] = Row(live, simulate(workload.trace, policy, swap=swap, runtime=model),
                            simulate(workload.trace, policy, swap=swap), calibration, swap,
@@ -724,7 +720,7 @@ def report(rows: dict[str, Row], workload: Workload, catalogue: ModelCatalogue,
     print(f"{'model':<22}{'d':>3}{'MB':>8}{'profile':>9}   wall, cpu, load wall, load cpu,"
           f" idle wall, idle cpu ({names})")
     for name in catalogue.entries:
-        for k, d in enumerate(catalogue.entries[name].descendants("torch")):
+        for k, d in enumerate(catalogue.entries[name].profiled("torch")):
             cells = "  /  ".join(
                 ", ".join(f"{1e3 * v:.2f}" for v in asdict(r.calibration.costs[name][k])
                           .values()) for r in rows.values())

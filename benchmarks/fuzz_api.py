@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from api.client import ApiError, DaemonClient  # noqa: E402
 from api.launcher import ServeProcess  # noqa: E402
-from scheduler.synthetic_models import synthetic_models_dir  # noqa: E402
+from profiles.synthetic import synthetic_models_dir  # noqa: E402
 
 log = logging.getLogger("fuzz_api")
 ADMIN_TOKEN = "fuzz-admin-token"

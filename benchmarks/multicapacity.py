@@ -51,7 +51,8 @@ from nestdnn.checkpoint import load_checkpoint, save_checkpoint
 from nestdnn.data import DatasetSplits, DataSpec, SyntheticConfig, load_dataset
 from nestdnn.errors import NestError
 from nestdnn.models import ModelConfig, NestNet, build_from_config, build_model
-from nestdnn.nestfile import Manifest, NestedModel, load_descendant, read_manifest
+from nestdnn.nested import NestedModel, load_descendant
+from nestdnn.nestfile import Manifest, read_manifest
 from nestdnn.training import TrainConfig, evaluate, train
 from pruning.prune import PruneJob, prune
 from pruning.roadmap import PruneSettings

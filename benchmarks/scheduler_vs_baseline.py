@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nestdnn.errors import NestError
 from profiles.schema import Backend
-from scheduler.catalogue import ModelCatalogue
+from scheduler.daemon import ModelCatalogue
 from scheduler.problem import App, Policy, load_app_pool
 from scheduler.simulate import SimulationResult, SwapModel, Trace, random_trace, simulate
 from scheduler.synthetic import synthetic_pool

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nestdnn.nestfile import NestedModel, load_descendant
+    from nestdnn.nested import NestedModel, load_descendant
 
 __all__ = ["NestedModel", "load_descendant"]
 
@@ -13,7 +13,7 @@ __all__ = ["NestedModel", "load_descendant"]
 def __getattr__(name: str) -> Any:
     """Import the `.nest` reader (and torch) only when one of its names is used."""
     if name in __all__:
-        from nestdnn import nestfile
+        from nestdnn import nested
 
-        return getattr(nestfile, name)
+        return getattr(nested, name)
     raise AttributeError(f"module 'nestdnn' has no attribute {name!r}")

@@ -30,7 +30,8 @@ from nestdnn.checkpoint import load_state_dict_checked, save_checkpoint
 from nestdnn.errors import NestError
 from nestdnn.files import atomic_write
 from nestdnn.models import ModelConfig, NestNet, build_from_config
-from nestdnn.nestfile import Manifest, NestedModel
+from nestdnn.nested import NestedModel
+from nestdnn.nestfile import Manifest
 
 log = logging.getLogger(__name__)
 

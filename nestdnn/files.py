@@ -9,10 +9,13 @@ file behind. Imports nothing heavy: the daemon writes its state and tokens with 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from nestdnn.errors import NestError
 
 Writer = Callable[[BinaryIO], object]
 
@@ -51,3 +54,15 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in chunks; an unreadable file is a NestError."""
+    digest = hashlib.sha256()
+    try:
+        with Path(path).open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as e:
+        raise NestError(f"cannot read {path}: {e}") from e
+    return digest.hexdigest()

@@ -1,67 +1,59 @@
-"""The `.nest` multi-capacity file: writer, validating reader, descendant loading and the handle.
+"""The `.nest` multi-capacity file: format, writer and the validating reader (numpy, no torch).
 
 Layout (docs/formats.md), format version 2: one safetensors file. A nested tensor W (>= 2
 dims: conv and linear weights) is stored per level j as ``W#j.rows`` = W_j[w_{j-1}:w_j, :w_j]
 and ``W#j.cols`` = W_j[:w_{j-1}, w_{j-1}:w_j] (empty blocks omitted). Every other tensor (BN
 affine and running statistics, biases, counters) is per descendant: descendant k's are
 flattened and concatenated, in state_dict order, into one 1-D tensor per dtype,
-``@k.float32`` and ``@k.int64``. Their order and sizes follow from the architecture and the
-manifest's widths (``_Layout``), so the file stores no index for them: the header of a
-VGG-16 x0.25 file with 5 descendants shrinks from 47.7 kB (format 1: one entry per tensor per
-descendant) to 14.8 kB, and a switch reads two tensors instead of 79. The JSON manifest sits
-in the safetensors metadata under ``nestdnn``.
+``@k.float32`` and ``@k.int64``. Their order and sizes follow from the architecture's graph
+and the manifest's widths (`Layout`), so the file stores no index for them. The JSON
+manifest sits in the safetensors metadata under ``nestdnn``.
 
-Reading never unpickles and validates everything before any tensor data is used: the header
-(by ``safetensors.safe_open``: a truncated file fails there), the manifest (JSON, schema,
-version, architecture, widths growing level by level, the recorded params / bytes) and the
-name, shape and dtype of every tensor. Tensor data is read only through
-``_NestReader.get_tensor``, from the reader's own memory map of the validated file, so that
-reading a block touches only that block's pages.
+`NestFile` opens a file once for the life of its user and validates everything before any
+tensor is used: the safetensors header (byte ranges contiguous and covering the file), the
+manifest (JSON, schema, version, architecture, widths growing level by level, the recorded
+params / bytes) and the name, shape and dtype of every tensor; it hashes the content in the
+same read. Later reads go through the file descriptor it holds, never a memory map: a file
+replaced by a rename keeps being read as the inode that was validated, and a file changed in
+place (truncated, overwritten) is detected at the next read (size and modification time)
+and refused with a `NestError` instead of crashing the process or serving unvalidated bytes.
 
-Switching descendants (``NestedModel``) keeps the file open and mapped for the handle's
-lifetime. Measured on a VGG-16 x0.25 file with 5 descendants (2 loaded cores): reopening
-costs ~50 ms of validation per switch, against ~10 ms for a whole upgrade on the open file;
-an open mapping also keeps reading the file that was validated even if the path is replaced.
-A switch builds a new dense module from owned, contiguous tensors and publishes it with one
-attribute assignment; the old module is never modified, so requests running on it finish
-unharmed, and it is freed when they let go. A downgrade there takes 1.5-2 ms (cold-loading the
-target from its own safetensors file: 20-50 ms): one copy of each nested tensor's prefix (a
-view would keep the larger storage alive), one copy per packed tensor, and a module tree made
-from a per-level template (``_Template``) built when the handle opens.
+Nothing here imports torch: the daemon reads `.nest` files into numpy arrays. The torch
+modules of descendants (`NestedModel`, `load_descendant`) live in `nestdnn.nested`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
-import mmap
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, TypeVar
+from typing import Annotated, Any
 
-import torch
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
-from torch import Tensor, nn
+from safetensors.numpy import save
 
+from nestdnn.arch import ModelConfig, check_widths, full_widths, model_graph
+from nestdnn.arch.graph import GroupAxes
 from nestdnn.errors import NestError, validation_message
 from nestdnn.files import atomic_write
-from nestdnn.models import GroupAxes, ModelConfig, NestNet, build_from_config, full_widths
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 SUPPORTED_VERSIONS = frozenset({2})
 MANIFEST_KEY = "nestdnn"
-M = TypeVar("M", bound=nn.Module)
-SAFETENSORS_DTYPES: dict[torch.dtype, str] = {torch.float32: "F32", torch.int64: "I64"}
-TORCH_DTYPES: dict[str, torch.dtype] = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
+NUMPY_DTYPES: dict[str, np.dtype] = {"float32": np.dtype(np.float32),
+                                     "int64": np.dtype(np.int64)}
+SAFETENSORS_DTYPES: dict[str, str] = {"float32": "F32", "int64": "I64"}
+_ITEM_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+               "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 # ------------------------------------------------------------------------------ manifest
 
@@ -118,6 +110,12 @@ class Manifest(_Strict):
     def num_descendants(self) -> int:
         return len(self.descendants)
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one input image."""
+        arch = self.arch
+        return (arch.in_channels, arch.input_size, arch.input_size)
+
     def config(self, k: int) -> ModelConfig:
         """The model config of descendant ``k``."""
         return ModelConfig(**self.arch.model_dump(), widths=dict(self.descendants[k].widths))
@@ -128,9 +126,12 @@ class Manifest(_Strict):
 
 @dataclass(frozen=True)
 class NestDescendant:
-    """Descendant k's dense weights (channels in level order) and its validation accuracy."""
+    """Descendant k's dense weights (channels in level order) and its validation accuracy.
 
-    state_dict: Mapping[str, Tensor]
+    ``state_dict`` values are numpy arrays or CPU torch tensors (read through ``.numpy()``).
+    """
+
+    state_dict: Mapping[str, Any]
     config: ModelConfig
     val_accuracy: float
     roadmap_step: int | None = None
@@ -151,7 +152,7 @@ class NestMeta:
 
 
 @dataclass(frozen=True)
-class _Block:
+class Block:
     """One stored block of a nested tensor: its name and where it sits in level j's tensor."""
 
     name: str
@@ -160,11 +161,11 @@ class _Block:
 
 
 @dataclass(frozen=True)
-class _Packed:
+class Packed:
     """One descendant's per-descendant tensors of one dtype, flattened and concatenated."""
 
     name: str
-    dtype: torch.dtype
+    dtype: str
     keys: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     sizes: tuple[int, ...]
@@ -173,42 +174,33 @@ class _Packed:
     def numel(self) -> int:
         return sum(self.sizes)
 
-    def unpack(self, flat: Tensor) -> dict[str, Tensor]:
-        """Key -> tensor of that key's shape, each a view of ``flat`` (no copy).
-
-        ``unbind`` and ``split`` make all the views in one call; reshaping a view costs a few
-        microseconds, so it is done only where the shape is neither scalar nor 1-D.
-        """
-        if all(not shape for shape in self.shapes):
-            parts = flat.unbind()
-        else:
-            parts = tuple(
-                part if len(shape) == 1 else part.view(shape)
-                for part, shape in zip(flat.split(self.sizes), self.shapes, strict=True)
-            )
-        return dict(zip(self.keys, parts, strict=True))
+    def unpack(self, flat: Any) -> dict[str, Any]:
+        """Key -> view of ``flat`` (a numpy array or a torch tensor) in that key's shape."""
+        parts, offset = {}, 0
+        for key, shape, size in zip(self.keys, self.shapes, self.sizes, strict=True):
+            parts[key] = flat[offset : offset + size].reshape(shape)
+            offset += size
+        return parts
 
 
-class _Layout:
-    """Every tensor a valid file holds, derived from the descendants' widths alone."""
+class Layout:
+    """Every tensor a valid file holds, derived from the descendants' configs alone."""
 
-    def __init__(self, widths: Sequence[Mapping[str, int]], reference: NestNet) -> None:
-        state = reference.state_dict()
-        axes = reference.param_axes()
-        self.keys = list(state)
-        self.nested = [key for key in self.keys if state[key].dim() >= 2]
-        self.per_descendant = [key for key in self.keys if state[key].dim() < 2]
-        self.dtypes = {key: tensor.dtype for key, tensor in state.items()}
-        self.param_keys = {name for name, _ in reference.named_parameters()}
-        self.shapes = [
-            {key: _shape_at(state[key].shape, axes.get(key, ()), w) for key in self.keys}
-            for w in widths
-        ]
-        self.packed = [self._pack(level) for level in range(len(widths))]
+    def __init__(self, configs: Sequence[ModelConfig]) -> None:
+        specs = [model_graph(config).state() for config in configs]
+        first = specs[0]
+        self.keys = list(first)
+        self.nested = [key for key in self.keys if len(first[key].shape) >= 2]
+        self.per_descendant = [key for key in self.keys if len(first[key].shape) < 2]
+        self.dtypes = {key: spec.dtype for key, spec in first.items()}
+        self.axes: dict[str, GroupAxes] = {key: spec.axes for key, spec in first.items()}
+        self.param_keys = {key for key, spec in first.items() if spec.parameter}
+        self.shapes = [{key: spec.shape for key, spec in level.items()} for level in specs]
+        self.packed = [self._pack(level) for level in range(len(specs))]
 
-    def _pack(self, level: int) -> list[_Packed]:
+    def _pack(self, level: int) -> list[Packed]:
         """Descendant ``level``'s packed tensors: one per dtype, keys in state_dict order."""
-        by_dtype: dict[torch.dtype, list[str]] = {}
+        by_dtype: dict[str, list[str]] = {}
         for key in self.per_descendant:
             by_dtype.setdefault(self.dtypes[key], []).append(key)
         packed = []
@@ -216,26 +208,24 @@ class _Layout:
             shapes = tuple(self.shapes[level][key] for key in keys)
             sizes = tuple(math.prod(shape) for shape in shapes)
             if sum(sizes):
-                packed.append(_Packed(packed_name(level, dtype), dtype, tuple(keys), shapes, sizes))
+                packed.append(Packed(packed_name(level, dtype), dtype, tuple(keys), shapes, sizes))
         return packed
 
-    def blocks(self, key: str, level: int) -> list[_Block]:
+    def blocks(self, key: str, level: int) -> list[Block]:
         """The non-empty ``#level.rows`` / ``#level.cols`` blocks of nested tensor ``key``."""
         out, inn, *rest = self.shapes[level][key]
         out0, in0 = self.shapes[level - 1][key][:2] if level else (0, 0)
         candidates = [
-            _Block(
-                f"{key}#{level}.rows", (slice(out0, out), slice(0, inn)), (out - out0, inn, *rest)
-            ),
-            _Block(
-                f"{key}#{level}.cols", (slice(0, out0), slice(in0, inn)), (out0, inn - in0, *rest)
-            ),
+            Block(f"{key}#{level}.rows", (slice(out0, out), slice(0, inn)),
+                  (out - out0, inn, *rest)),
+            Block(f"{key}#{level}.cols", (slice(0, out0), slice(in0, inn)),
+                  (out0, inn - in0, *rest)),
         ]
         return [b for b in candidates if math.prod(b.shape) > 0]
 
-    def expected(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    def expected(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Name -> (shape, dtype) of every tensor the file must hold, and nothing else."""
-        found: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        found: dict[str, tuple[tuple[int, ...], str]] = {}
         for level, packs in enumerate(self.packed):
             for key in self.nested:
                 for block in self.blocks(key, level):
@@ -249,29 +239,13 @@ class _Layout:
 
     def nbytes(self, level: int) -> int:
         """Resident bytes of descendant ``level``'s full state (parameters and buffers)."""
-        return sum(math.prod(s) * self.dtypes[k].itemsize for k, s in self.shapes[level].items())
+        return sum(math.prod(s) * NUMPY_DTYPES[self.dtypes[k]].itemsize
+                   for k, s in self.shapes[level].items())
 
 
-def _shape_at(shape: torch.Size, axes: GroupAxes, widths: Mapping[str, int]) -> tuple[int, ...]:
-    """A tensor's shape at ``widths``: grouped dims take the group's width, others stay."""
-    return tuple(
-        widths[axes[d]] if d < len(axes) and axes[d] is not None else size
-        for d, size in enumerate(shape)
-    )
-
-
-def packed_name(level: int, dtype: torch.dtype) -> str:
+def packed_name(level: int, dtype: str) -> str:
     """File name of descendant ``level``'s packed per-descendant tensors of ``dtype``."""
-    return f"@{level}.{str(dtype).removeprefix('torch.')}"
-
-
-def _skeleton(config: ModelConfig) -> NestNet:
-    """The model of ``config`` on the meta device: structure and shapes, no storage.
-
-    Built on the CPU and then moved: initialising directly on the meta device goes through
-    torch's Python reference kernels and is slower (and imports torch._dynamo).
-    """
-    return build_from_config(config).to("meta").eval()
+    return f"@{level}.{dtype}"
 
 
 # ------------------------------------------------------------------------ shared checks
@@ -287,24 +261,6 @@ def _check_same_arch(configs: Sequence[ModelConfig]) -> None:
                     f"descendant {k} has {name} {getattr(config, name)!r}, descendant 0 has"
                     f" {getattr(first, name)!r}; all descendants must share it"
                 )
-
-
-def _check_widths(k: int, widths: Mapping[str, int], limits: Mapping[str, int], arch: str) -> None:
-    """Descendant ``k``'s widths must name exactly ``arch``'s groups, each within its limit."""
-    unknown = sorted(set(widths) - set(limits))
-    missing = sorted(set(limits) - set(widths))
-    if unknown or missing:
-        raise NestError(
-            f"descendant {k}'s widths do not match {arch}'s channel groups"
-            + (f"; unknown: {', '.join(unknown[:5])}" if unknown else "")
-            + (f"; missing: {', '.join(missing[:5])}" if missing else "")
-        )
-    for group, width in widths.items():
-        if not 1 <= width <= limits[group]:
-            raise NestError(
-                f"descendant {k}: width of group '{group}' is {width}; {arch} allows"
-                f" 1..{limits[group]}"
-            )
 
 
 def _check_growth(widths: Sequence[Mapping[str, int]]) -> None:
@@ -342,11 +298,11 @@ def _check_manifest(manifest: Manifest) -> None:
     for k, info in enumerate(manifest.descendants):
         if info.index != k:
             raise NestError(f"descendant at position {k} has index {info.index}")
-        _check_widths(k, info.widths, limits, arch.arch)
+        check_widths(info.widths, limits, arch.arch, context=f"descendant {k}")
     _check_growth([info.widths for info in manifest.descendants])
 
 
-def _check_recorded_sizes(manifest: Manifest, layout: _Layout) -> None:
+def _check_recorded_sizes(manifest: Manifest, layout: Layout) -> None:
     """Recorded params and bytes must be those the widths give."""
     for k, info in enumerate(manifest.descendants):
         for what, recorded, actual in (
@@ -372,13 +328,12 @@ def write_nest(path: str | Path, descendants: Sequence[NestDescendant], meta: Ne
     first = configs[0]
     limits = full_widths(first.arch, first.input_size)
     for k, config in enumerate(configs):
-        _check_widths(k, config.widths, limits, first.arch)
+        check_widths(config.widths, limits, first.arch, context=f"descendant {k}")
     _check_growth([c.widths for c in configs])
-    skeletons = [_skeleton(config) for config in configs]
-    layout = _Layout([c.widths for c in configs], skeletons[0])
+    layout = Layout(configs)
     states = [_checked_state(k, d.state_dict, layout) for k, d in enumerate(descendants)]
     _check_nested(states, layout)
-    macs = [_instantiate(s, state).count_macs() for s, state in zip(skeletons, states, strict=True)]
+    macs = [model_graph(config).macs() for config in configs]
     manifest = _build_manifest(descendants, layout, macs, meta)
     _check_manifest(manifest)  # the reader's own checks, so that a written file reads back
     _check_recorded_sizes(manifest, layout)
@@ -388,8 +343,15 @@ def write_nest(path: str | Path, descendants: Sequence[NestDescendant], meta: Ne
     return manifest
 
 
-def _checked_state(k: int, state: Mapping[str, Tensor], layout: _Layout) -> dict[str, Tensor]:
-    """Descendant ``k``'s tensors on the CPU, checked for names, shapes and dtypes."""
+def as_array(value: Any) -> np.ndarray:
+    """A numpy view of an array or of a CPU torch tensor (detached), without importing torch."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _checked_state(k: int, state: Mapping[str, Any], layout: Layout) -> dict[str, np.ndarray]:
+    """Descendant ``k``'s tensors as contiguous arrays, checked for names, shapes and dtypes."""
     missing = [key for key in layout.keys if key not in state]
     unexpected = [key for key in state if key not in layout.dtypes]
     if missing or unexpected:
@@ -398,49 +360,44 @@ def _checked_state(k: int, state: Mapping[str, Tensor], layout: _Layout) -> dict
             + (f"; missing {', '.join(missing[:3])}" if missing else "")
             + (f"; unexpected {', '.join(unexpected[:3])}" if unexpected else "")
         )
-    out: dict[str, Tensor] = {}
+    out: dict[str, np.ndarray] = {}
     for key in layout.keys:
-        tensor = state[key].detach().cpu().contiguous()
+        array = np.asarray(as_array(state[key]), order="C")  # (keeps 0-d arrays 0-d)
         shape, dtype = layout.shapes[k][key], layout.dtypes[key]
-        if tuple(tensor.shape) != shape:
+        if array.shape != shape:
             raise NestError(
-                f"descendant {k}: tensor '{key}' has shape {tuple(tensor.shape)}, its widths"
-                f" give {shape}"
+                f"descendant {k}: tensor '{key}' has shape {array.shape}, its widths give {shape}"
             )
-        if tensor.dtype != dtype:
-            raise NestError(f"descendant {k}: tensor '{key}' is {tensor.dtype}, expected {dtype}")
-        out[key] = tensor
+        if array.dtype != NUMPY_DTYPES[dtype]:
+            raise NestError(f"descendant {k}: tensor '{key}' is {array.dtype}, expected {dtype}")
+        out[key] = array
     return out
 
 
-def _check_nested(states: Sequence[Mapping[str, Tensor]], layout: _Layout) -> None:
+def _check_nested(states: Sequence[Mapping[str, np.ndarray]], layout: Layout) -> None:
     """Each descendant's nested tensors must equal, bit for bit, the next one's prefix."""
     for k in range(1, len(states)):
         for key in layout.nested:
             small = states[k - 1][key]
             prefix = states[k][key][: small.shape[0], : small.shape[1]]
-            if not _bitwise_equal(small, prefix):
-                differ = int((_bits(small) != _bits(prefix)).sum())
+            differ = int(np.count_nonzero(_bits(small) != _bits(prefix)))
+            if differ:
                 raise NestError(
                     f"descendant {k - 1} is not nested in descendant {k}: tensor '{key}'"
                     f" differs from the prefix [:{small.shape[0]}, :{small.shape[1]}] of"
-                    f" descendant {k}'s ({differ} of {small.numel()} values differ)"
+                    f" descendant {k}'s ({differ} of {small.size} values differ)"
                 )
 
 
-def _bits(tensor: Tensor) -> Tensor:
-    """The tensor's raw bits as integers (so that NaNs and signed zeros compare exactly)."""
-    return tensor.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()])
-
-
-def _bitwise_equal(a: Tensor, b: Tensor) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(_bits(a), _bits(b))
+def _bits(array: np.ndarray) -> np.ndarray:
+    """The array's raw bits as integers (so that NaNs and signed zeros compare exactly)."""
+    return array.view({2: np.int16, 4: np.int32, 8: np.int64}[array.dtype.itemsize])
 
 
 def _build_manifest(
-    descendants: Sequence[NestDescendant], layout: _Layout, macs: Sequence[int], meta: NestMeta
+    descendants: Sequence[NestDescendant], layout: Layout, macs: Sequence[int], meta: NestMeta
 ) -> Manifest:
-    """The manifest of the checked descendants; MACs come from the model family's own count."""
+    """The manifest of the checked descendants; MACs come from the family's graph."""
     config = descendants[0].config
     infos = [
         {
@@ -483,109 +440,20 @@ def _build_manifest(
         raise NestError(f"NestMeta.extra must be JSON-serialisable: {e}") from e
 
 
-def _file_tensors(states: Sequence[Mapping[str, Tensor]], layout: _Layout) -> dict[str, Tensor]:
+def _file_tensors(states: Sequence[Mapping[str, np.ndarray]],
+                  layout: Layout) -> dict[str, np.ndarray]:
     """The level blocks of every nested tensor and each descendant's packed tensors."""
-    tensors: dict[str, Tensor] = {}
+    tensors: dict[str, np.ndarray] = {}
     for level, state in enumerate(states):
         for key in layout.nested:
             for block in layout.blocks(key, level):
-                tensors[block.name] = state[key][block.index].clone()
+                tensors[block.name] = np.ascontiguousarray(state[key][block.index])
         for packed in layout.packed[level]:
-            tensors[packed.name] = torch.cat([state[key].reshape(-1) for key in packed.keys])
+            tensors[packed.name] = np.concatenate([state[key].reshape(-1) for key in packed.keys])
     return tensors
 
 
 # --------------------------------------------------------------------------------- reader
-
-
-class _NestReader:
-    """An open `.nest` file, fully validated on open; ``get_tensor`` is its only data read."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._raw, self._map, metadata, self._stored = _open_mapped(self.path)
-        try:
-            self.manifest = _parse_manifest(metadata)
-            _check_manifest(self.manifest)
-            reference = _skeleton(self.manifest.config(0))
-            self.layout = _Layout([d.widths for d in self.manifest.descendants], reference)
-            _check_recorded_sizes(self.manifest, self.layout)
-            _check_tensors(self._stored, self.layout)
-        except NestError as e:
-            self.close()
-            raise NestError(f"{self.path}: {e}") from e
-        self._templates: dict[int, _Template] = {0: _Template(reference)}
-
-    def get_tensor(self, name: str) -> Tensor:
-        """Read one stored tensor (a view of the file's mapping; copy it to keep it)."""
-        if self._map is None:
-            raise NestError(f"{self.path} is closed")
-        stored = self._stored[name]
-        dtype = TORCH_DTYPES[stored.dtype]
-        count = (stored.end - stored.start) // dtype.itemsize
-        view = torch.frombuffer(self._map, dtype=dtype, count=count, offset=stored.start)
-        return view.reshape(stored.shape)
-
-    @property
-    def closed(self) -> bool:
-        return self._map is None
-
-    def close(self) -> None:
-        """Drop the mapping (unmapped once no tensor view is left) and close the file."""
-        self._map = None
-        self._raw.close()
-
-    def __enter__(self) -> _NestReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def check_level(self, k: int) -> int:
-        """``k`` if it names a descendant of this file, else a NestError saying which exist."""
-        n = self.manifest.num_descendants
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n:
-            raise NestError(f"{self.path} has descendants 0..{n - 1}; there is no descendant {k}")
-        return k
-
-    def state(
-        self, level: int, base: Mapping[str, Tensor] | None = None, base_level: int = -1
-    ) -> dict[str, Tensor]:
-        """Descendant ``level``'s dense state: ``base`` (of ``base_level``) grown by new blocks.
-
-        Only blocks of levels ``base_level + 1 .. level`` and the ``@level`` tensors are read.
-        """
-        layout = self.layout
-        state: dict[str, Tensor] = {}
-        for key in layout.nested:
-            tensor = torch.empty(layout.shapes[level][key], dtype=layout.dtypes[key])
-            if base is not None:
-                old = base[key]
-                tensor[: old.shape[0], : old.shape[1]] = old
-            for j in range(base_level + 1, level + 1):
-                for block in layout.blocks(key, j):
-                    tensor[block.index] = self.get_tensor(block.name)
-            state[key] = tensor
-        state.update(self.own_tensors(level))
-        return state
-
-    def own_tensors(self, level: int) -> dict[str, Tensor]:
-        """Descendant ``level``'s per-descendant tensors: views of one owned copy per dtype."""
-        tensors: dict[str, Tensor] = {}
-        for packed in self.layout.packed[level]:
-            tensors.update(packed.unpack(self.get_tensor(packed.name).clone()))
-        return tensors
-
-    def template(self, level: int) -> _Template:
-        """Descendant ``level``'s module template (its meta-device model, built once)."""
-        if level not in self._templates:
-            self._templates[level] = _Template(_skeleton(self.manifest.config(level)))
-        return self._templates[level]
-
-    def module(self, level: int, state: Mapping[str, Tensor]) -> NestNet:
-        """A dense eval-mode model of descendant ``level`` whose tensors are ``state``'s."""
-        module: NestNet = self.template(level).fill(state)
-        return module
 
 
 @dataclass(frozen=True)
@@ -598,49 +466,195 @@ class _Stored:
     end: int
 
 
-def _open_mapped(path: Path) -> tuple[BinaryIO, mmap.mmap, dict[str, str], dict[str, _Stored]]:
-    """Open and map the file once safetensors has validated its header and size.
+@dataclass(frozen=True)
+class _Identity:
+    """What must not change under an open file: its size and last modification."""
 
-    ``safe_open`` checks the header (JSON, dtypes, shapes against byte ranges, ranges
-    contiguous and covering the file exactly: a truncated file fails here). Tensor data is
-    then read through our own mapping of the same file, because ``safe_open.get_tensor``
-    costs ~0.2 ms per call, which dominated switches (a VGG-16 descendant has ~80 small
-    per-descendant tensors).
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, stat: os.stat_result) -> _Identity:
+        return cls(stat.st_size, stat.st_mtime_ns)
+
+
+class NestFile:
+    """An open, fully validated `.nest` file; `read` is its only data access.
+
+    Open one per file and keep it: the catalogue of the daemon, its backends and every
+    descendant loaded from the file share it. ``sha256`` is the content hash computed while
+    validating.
     """
-    if not path.is_file():
-        raise NestError(f"{path}: no such .nest file")
-    raw = open(path, "rb")  # noqa: SIM115 (kept open by the reader, closed in close())
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise NestError(f"{self.path}: no such .nest file") from None
+        except OSError as e:
+            raise NestError(f"{self.path}: cannot open: {e.strerror}") from None
+        try:
+            self._identity, self.sha256, metadata, self._stored = _validated_header(self._fd)
+            self.manifest = _parse_manifest(metadata)
+            _check_manifest(self.manifest)
+            self.layout = Layout([self.manifest.config(k)
+                                  for k in range(self.manifest.num_descendants)])
+            _check_recorded_sizes(self.manifest, self.layout)
+            _check_tensors(self._stored, self.layout)
+        except NestError as e:
+            os.close(self._fd)
+            raise NestError(f"{self.path}: {e}") from e
+        self._closed = False
+
+    def read(self, name: str) -> np.ndarray:
+        """One stored tensor, read from the validated file (read-only; copy it to change it)."""
+        if self._closed:
+            raise NestError(f"{self.path} is closed")
+        stored = self._stored[name]
+        length = stored.end - stored.start
+        if _Identity.of(os.fstat(self._fd)) != self._identity:
+            raise NestError(
+                f"{self.path} changed on disk since it was validated (it was truncated or"
+                " overwritten in place); reload the models to serve the new file"
+            )
+        data = os.pread(self._fd, length, stored.start)
+        if len(data) != length:
+            raise NestError(f"{self.path} is shorter than when it was validated")
+        return np.frombuffer(data, dtype=_numpy_dtype(stored.dtype)).reshape(stored.shape)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close the file (arrays already read stay valid)."""
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
+
+    def __enter__(self) -> NestFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_level(self, k: int) -> int:
+        """``k`` if it names a descendant of this file, else a NestError saying which exist."""
+        n = self.manifest.num_descendants
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n:
+            raise NestError(f"{self.path} has descendants 0..{n - 1}; there is no descendant {k}")
+        return k
+
+    def state(self, level: int, base: Mapping[str, np.ndarray] | None = None,
+              base_level: int = -1) -> dict[str, np.ndarray]:
+        """Descendant ``level``'s dense state: `nested_state` and `own_tensors`."""
+        return {**self.nested_state(level, base, base_level), **self.own_tensors(level)}
+
+    def nested_state(self, level: int, base: Mapping[str, np.ndarray] | None = None,
+                     base_level: int = -1) -> dict[str, np.ndarray]:
+        """Descendant ``level``'s nested tensors: ``base`` (of ``base_level``) grown by blocks.
+
+        Only blocks of levels ``base_level + 1 .. level`` are read; every array is new and
+        contiguous.
+        """
+        layout = self.layout
+        state: dict[str, np.ndarray] = {}
+        for key in layout.nested:
+            array = np.empty(layout.shapes[level][key], dtype=NUMPY_DTYPES[layout.dtypes[key]])
+            if base is not None:
+                old = base[key]
+                array[: old.shape[0], : old.shape[1]] = old
+            for j in range(base_level + 1, level + 1):
+                for block in layout.blocks(key, j):
+                    array[block.index] = self.read(block.name)
+            state[key] = array
+        return state
+
+    def own_tensors(self, level: int) -> dict[str, np.ndarray]:
+        """Descendant ``level``'s per-descendant tensors: views of one new array per dtype."""
+        tensors: dict[str, np.ndarray] = {}
+        for packed in self.layout.packed[level]:
+            tensors.update(packed.unpack(self.packed_copy(packed)))
+        return tensors
+
+    def packed_copy(self, packed: Packed) -> np.ndarray:
+        """A writable copy of one packed tensor."""
+        return self.read(packed.name).copy()
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """The manifest of a `.nest` file, after validating the whole file."""
+    with NestFile(path) as nest:
+        return nest.manifest
+
+
+def _numpy_dtype(code: str) -> np.dtype:
+    return NUMPY_DTYPES[{v: k for k, v in SAFETENSORS_DTYPES.items()}[code]]
+
+
+def _validated_header(fd: int) -> tuple[_Identity, str, dict[str, str], dict[str, _Stored]]:
+    """Read the whole file once: its identity, sha256, metadata and tensor table.
+
+    The header is checked as safetensors does: a JSON object of tensors whose byte ranges
+    are consistent with their dtypes and shapes, contiguous, and cover the data exactly (a
+    truncated or padded file fails here).
+    """
+    identity = _Identity.of(os.fstat(fd))
+    data = _read_all(fd, identity.size)
     try:
-        safe_open(str(path), framework="pt")
-        if not os.path.samestat(os.fstat(raw.fileno()), os.stat(path)):
-            raise NestError(f"{path} was replaced while being opened; try again")
-        mapping = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_COPY)
-        metadata, stored = _read_header(mapping)
-    except (SafetensorError, OSError, ValueError) as e:
-        raw.close()
-        raise NestError(f"{path}: file is truncated or not a safetensors file ({e})") from e
-    except BaseException:
-        raw.close()
-        raise
-    return raw, mapping, metadata, stored
+        size = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or 8 + size > len(data):
+            raise ValueError(f"header of {size} bytes in a file of {len(data)}")
+        header = json.loads(data[8 : 8 + size])
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str)
+                                                     for v in metadata.values()):
+            raise ValueError("the metadata is not a map of strings")
+        stored = {name: _stored_entry(name, entry, 8 + size) for name, entry in header.items()}
+        _check_ranges(stored, 8 + size, len(data))
+    except (ValueError, TypeError, KeyError) as e:
+        raise NestError(f"file is truncated or not a safetensors file ({e})") from None
+    return identity, hashlib.sha256(data).hexdigest(), metadata, stored
 
 
-def _read_header(mapping: mmap.mmap) -> tuple[dict[str, str], dict[str, _Stored]]:
-    """The metadata and tensor table of a safetensors header (already validated)."""
-    size = int.from_bytes(mapping[:8], "little")
-    header = json.loads(mapping[8 : 8 + size])
-    metadata = header.pop("__metadata__", None) or {}
-    base = 8 + size
-    stored = {
-        name: _Stored(
-            entry["dtype"],
-            tuple(entry["shape"]),
-            base + entry["data_offsets"][0],
-            base + entry["data_offsets"][1],
-        )
-        for name, entry in header.items()
-    }
-    return metadata, stored
+def _read_all(fd: int, size: int) -> bytes:
+    chunks, offset = [], 0
+    while offset < size:
+        chunk = os.pread(fd, min(size - offset, 1 << 24), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _stored_entry(name: str, entry: Any, base: int) -> _Stored:
+    """One header entry, checked: a known dtype, a shape, a byte range of the right length."""
+    if not isinstance(entry, dict) or entry.get("dtype") not in _ITEM_SIZES:
+        raise ValueError(f"tensor '{name}' has no known dtype")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise ValueError(f"tensor '{name}' has an invalid shape")
+    if not (isinstance(offsets, list) and len(offsets) == 2
+            and all(isinstance(o, int) for o in offsets) and 0 <= offsets[0] <= offsets[1]):
+        raise ValueError(f"tensor '{name}' has invalid data offsets")
+    if offsets[1] - offsets[0] != math.prod(shape) * _ITEM_SIZES[entry["dtype"]]:
+        raise ValueError(f"tensor '{name}' has a byte range that does not fit its shape")
+    return _Stored(entry["dtype"], tuple(shape), base + offsets[0], base + offsets[1])
+
+
+def _check_ranges(stored: Mapping[str, _Stored], start: int, end: int) -> None:
+    """Byte ranges must follow each other without gaps from the header to the file's end."""
+    position = start
+    for entry in sorted(stored.values(), key=lambda s: (s.start, s.end)):
+        if entry.start != position:
+            raise ValueError("tensor byte ranges overlap or leave gaps")
+        position = entry.end
+    if position != end:
+        raise ValueError(f"the tensors end at byte {position}, the file at {end}")
 
 
 def _parse_manifest(metadata: Mapping[str, str] | None) -> Manifest:
@@ -651,6 +665,8 @@ def _parse_manifest(metadata: Mapping[str, str] | None) -> Manifest:
         raw = json.loads(metadata[MANIFEST_KEY])
     except json.JSONDecodeError as e:
         raise NestError(f"manifest is not valid JSON ({e.msg} at character {e.pos})") from e
+    except RecursionError:
+        raise NestError("manifest is nested too deeply") from None
     if not isinstance(raw, dict):
         raise NestError(f"manifest must be a JSON object, found {type(raw).__name__}")
     version = raw.get("format_version")
@@ -673,7 +689,7 @@ def _parse_manifest(metadata: Mapping[str, str] | None) -> Manifest:
         raise NestError(f"invalid manifest: {validation_message(e)}") from e
 
 
-def _check_tensors(stored: Mapping[str, _Stored], layout: _Layout) -> None:
+def _check_tensors(stored: Mapping[str, _Stored], layout: Layout) -> None:
     """The header must hold exactly the expected tensors with their shapes and dtypes."""
     expected = layout.expected()
     names = set(stored)
@@ -698,244 +714,7 @@ def _check_tensors(stored: Mapping[str, _Stored], layout: _Layout) -> None:
         found_shape, found_dtype = stored[name].shape, stored[name].dtype
         if found_shape != shape:
             raise NestError(f"tensor '{name}' has shape {found_shape}, expected {shape}")
-        wanted = SAFETENSORS_DTYPES.get(dtype, str(dtype))
-        if found_dtype != wanted:
-            raise NestError(f"tensor '{name}' has dtype {found_dtype}, expected {wanted}")
-
-
-def _instantiate(skeleton: M, state: Mapping[str, Tensor]) -> M:
-    """A copy of a meta-device module tree whose parameters and buffers are ``state``'s."""
-    return _Template(skeleton).fill(state)
-
-
-_TREE_ATTRS = frozenset({"_parameters", "_buffers", "_modules"})
-
-
-@dataclass(frozen=True)
-class _Node:
-    """One module of a template: its class, attributes and where its tensors come from."""
-
-    cls: type[nn.Module]
-    attrs: dict[str, Any]  # shared, immutable-in-practice values (sizes, flags, config)
-    containers: tuple[tuple[str, dict[Any, Any] | set[Any]], ...]  # copied per instance
-    params: tuple[tuple[str, str | None, bool], ...]  # name, state key (None: unset), grad
-    buffers: tuple[tuple[str, str | None], ...]
-    children: tuple[tuple[str, int | None], ...]  # name, index of the child's node
-
-
-class _Template:
-    """A meta-device module tree flattened once, so that each copy costs little to make.
-
-    ``fill`` makes a new module tree of the skeleton's classes and attributes whose
-    parameters and buffers are a state's tensors: no initialisation, no meta dispatch, no
-    recursion. Containers (hook dicts, name sets) are copied, so a copy never shares mutable
-    state with the skeleton or with another copy.
-    """
-
-    def __init__(self, skeleton: nn.Module) -> None:
-        self._nodes: list[_Node] = []
-        self._add(skeleton, "")
-
-    def _add(self, module: nn.Module, prefix: str) -> int:
-        """Add ``module``'s subtree, children first; return the index of its node."""
-        children = tuple(
-            (name, None if child is None else self._add(child, f"{prefix}{name}."))
-            for name, child in module._modules.items()
-        )
-        attrs = {k: v for k, v in vars(module).items() if k not in _TREE_ATTRS}
-        self._nodes.append(
-            _Node(
-                cls=type(module),
-                attrs={k: v for k, v in attrs.items() if not isinstance(v, dict | set)},
-                containers=tuple((k, v) for k, v in attrs.items() if isinstance(v, dict | set)),
-                params=tuple(
-                    (name, None if p is None else prefix + name, p is None or p.requires_grad)
-                    for name, p in module._parameters.items()
-                ),
-                buffers=tuple(
-                    (name, None if b is None else prefix + name)
-                    for name, b in module._buffers.items()
-                ),
-                children=children,
+        if found_dtype != SAFETENSORS_DTYPES[dtype]:
+            raise NestError(
+                f"tensor '{name}' has dtype {found_dtype}, expected {SAFETENSORS_DTYPES[dtype]}"
             )
-        )
-        return len(self._nodes) - 1
-
-    def fill(self, state: Mapping[str, Tensor]) -> Any:
-        """A new module tree whose parameters and buffers are ``state``'s tensors."""
-        modules: list[nn.Module] = []
-        for node in self._nodes:
-            module = object.__new__(node.cls)
-            attrs = vars(module)
-            attrs.update(node.attrs)
-            for name, container in node.containers:
-                attrs[name] = container.copy()
-            # most modules hold no tensors or no children: skip the comprehensions for those
-            attrs["_parameters"] = (
-                {
-                    name: None if key is None else nn.Parameter(state[key], grad)
-                    for name, key, grad in node.params
-                }
-                if node.params
-                else {}
-            )
-            attrs["_buffers"] = (
-                {name: None if key is None else state[key] for name, key in node.buffers}
-                if node.buffers
-                else {}
-            )
-            attrs["_modules"] = (
-                {name: None if i is None else modules[i] for name, i in node.children}
-                if node.children
-                else {}
-            )
-            modules.append(module)
-        return modules[-1]
-
-
-# ------------------------------------------------------------------------- public reading
-
-
-def read_manifest(path: str | Path) -> Manifest:
-    """The manifest of a `.nest` file, after validating the whole file."""
-    with _NestReader(path) as reader:
-        return reader.manifest
-
-
-def load_descendant(path: str | Path, k: int) -> NestNet:
-    """Dense eval-mode model of descendant ``k``, reading only blocks of levels <= k and @k."""
-    with _NestReader(path) as reader:
-        level = reader.check_level(k)
-        return reader.module(level, reader.state(level))
-
-
-@dataclass(frozen=True)
-class _Resident:
-    """The current descendant: its level, its module and the tensors the module uses."""
-
-    level: int
-    module: NestNet
-    state: Mapping[str, Tensor]
-
-
-class NestedModel:
-    """A resident descendant of a `.nest` file that upgrades and downgrades in place.
-
-    ``module`` is always a plain dense model of the current descendant. Switches are
-    serialised by a lock; readers never need it: they take ``module`` (or ``level``) and
-    keep using that object, which a switch never modifies. The file stays open (mapped)
-    until ``close``; upgrades read only the levels they add, downgrades only ``@k``.
-    """
-
-    def __init__(self, reader: _NestReader, level: int) -> None:
-        self._reader = reader
-        self._lock = threading.Lock()
-        level = reader.check_level(level)
-        for k in range(reader.manifest.num_descendants):
-            reader.template(k)  # built now, so that no switch pays for a model build
-        self._resident = self._build(level, reader.state(level))
-
-    @classmethod
-    def open(cls, path: str | Path, k: int) -> NestedModel:
-        """Open ``path`` (validating it) and load descendant ``k``."""
-        reader = _NestReader(path)
-        try:
-            return cls(reader, k)
-        except BaseException:
-            reader.close()
-            raise
-
-    @property
-    def level(self) -> int:
-        return self._resident.level
-
-    @property
-    def module(self) -> NestNet:
-        return self._resident.module
-
-    @property
-    def manifest(self) -> Manifest:
-        return self._reader.manifest
-
-    @property
-    def path(self) -> Path:
-        return self._reader.path
-
-    @property
-    def resident_bytes(self) -> int:
-        """Bytes of tensor storage the current module holds (each storage counted once)."""
-        return _storage_bytes(self._resident.module)
-
-    def switch_peak_bytes(self, k: int) -> int:
-        """Bytes held while switching to ``k``: the current and the target descendant."""
-        infos = self.manifest.descendants
-        return infos[self.level].bytes + infos[self._reader.check_level(k)].bytes
-
-    def upgrade(self, k: int) -> None:
-        """Grow to the larger descendant ``k``, reading only the blocks of levels above ours."""
-        with self._lock:
-            if self._target(k) <= self.level:
-                raise NestError(f"cannot upgrade from descendant {self.level} to {k}")
-            self._grow(k)
-
-    def downgrade(self, k: int) -> None:
-        """Shrink to the smaller descendant ``k``: slice the nested tensors, free the rest."""
-        with self._lock:
-            if self._target(k) >= self.level:
-                raise NestError(f"cannot downgrade from descendant {self.level} to {k}")
-            self._shrink(k)
-
-    def switch(self, k: int) -> None:
-        """Upgrade or downgrade to descendant ``k`` (nothing to do if already there)."""
-        with self._lock:
-            if self._target(k) > self.level:
-                self._grow(k)
-            elif k < self.level:
-                self._shrink(k)
-
-    def close(self) -> None:
-        """Release the file; the current module stays usable, switching no longer is."""
-        with self._lock:
-            self._reader.close()
-
-    def __enter__(self) -> NestedModel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _target(self, k: int) -> int:
-        if self._reader.closed:
-            raise NestError(f"{self.path} is closed; reopen it to switch descendants")
-        return self._reader.check_level(k)
-
-    def _grow(self, k: int) -> None:
-        current = self._resident
-        self._resident = self._build(k, self._reader.state(k, current.state, current.level))
-
-    def _shrink(self, k: int) -> None:
-        """Contiguous copies of the prefixes (views would keep the larger storage alive)."""
-        shapes, current = self._reader.layout.shapes[k], self._resident.state
-        state = {
-            key: current[key][: shapes[key][0], : shapes[key][1]].clone(
-                memory_format=torch.contiguous_format
-            )
-            for key in self._reader.layout.nested
-        }
-        state.update(self._reader.own_tensors(k))
-        self._resident = self._build(k, state)
-
-    def _build(self, level: int, state: dict[str, Tensor]) -> _Resident:
-        """The new descendant, complete before the caller publishes it in one assignment."""
-        resident = _Resident(level, self._reader.module(level, state), state)
-        log.debug("%s: descendant %d resident", self._reader.path, level)
-        return resident
-
-
-def _storage_bytes(module: nn.Module) -> int:
-    """Bytes of the distinct storages behind a module's parameters and buffers."""
-    storages = {
-        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-        for t in module.state_dict().values()
-    }
-    return sum(storages.values())

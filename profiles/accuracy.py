@@ -12,7 +12,8 @@ from torch.utils.data import TensorDataset
 
 from nestdnn.data import SyntheticConfig, load_dataset
 from nestdnn.errors import NestError
-from nestdnn.nestfile import Manifest, load_descendant
+from nestdnn.nested import load_descendant
+from nestdnn.nestfile import Manifest
 
 log = logging.getLogger(__name__)
 

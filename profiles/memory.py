@@ -64,12 +64,12 @@ def torch_peak(nest_path: Path, index: int, threads: int, runs: int) -> MemorySt
     """Baseline and peak RSS of loading descendant ``index`` and running it with torch."""
     import torch
 
-    from nestdnn.nestfile import load_descendant, read_manifest
-    from profiles.nestinfo import input_shape
+    from nestdnn.nested import load_descendant
+    from nestdnn.nestfile import read_manifest
     from profiles.torch_backend import torch_input
 
     torch.set_num_threads(threads)
-    x = torch_input(input_shape(read_manifest(nest_path)))
+    x = torch_input(read_manifest(nest_path).input_shape)
     with torch.inference_mode():
         torch.nn.functional.conv2d(x, torch.ones(2, x.shape[1], 3, 3), padding=1).sum()
     reset_peak_rss()

@@ -21,12 +21,13 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nestdnn.errors import NestError
-from nestdnn.nestfile import Manifest, load_descendant, read_manifest
+from nestdnn.files import file_sha256
+from nestdnn.nested import load_descendant
+from nestdnn.nestfile import Manifest, read_manifest
 from profiles.accuracy import descendant_accuracies, load_test_split
 from profiles.device import ConditionsRecorder, describe_device
 from profiles.latency import LatencySettings, measure_interleaved
 from profiles.memory import measure_memory
-from profiles.nestinfo import file_sha256, input_shape
 from profiles.schema import (
     BACKENDS,
     SCHEMA_VERSION,
@@ -226,7 +227,7 @@ def measure_latencies(
     with torch_threads(settings.threads), torch.inference_mode():
         if backend == "torch":
             runners = [
-                torch_runner(load_descendant(nest_path, d.index), input_shape(manifest))
+                torch_runner(load_descendant(nest_path, d.index), manifest.input_shape)
                 for d in manifest.descendants
             ]
         elif tflite_paths is None:
@@ -246,7 +247,7 @@ def check_tflite_matches_torch(
     """Warn when a TFLite conversion's output differs from torch's on the fixed input."""
     for d, path in zip(manifest.descendants, tflite_paths, strict=True):
         with torch.inference_mode():
-            expected = torch_runner(load_descendant(nest_path, d.index), input_shape(manifest))()
+            expected = torch_runner(load_descendant(nest_path, d.index), manifest.input_shape)()
         got = tflite_runner(path, threads=1)()
         diff = float(np.max(np.abs(np.asarray(got) - expected.numpy())))
         scale = max(1.0, float(expected.abs().max()))

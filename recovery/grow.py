@@ -33,7 +33,8 @@ from nestdnn.checkpoint import load_checkpoint, save_checkpoint
 from nestdnn.data import DatasetSplits
 from nestdnn.errors import NestError
 from nestdnn.models import ModelConfig, NestNet
-from nestdnn.nestfile import NestDescendant, NestMeta, load_descendant, write_nest
+from nestdnn.nested import load_descendant
+from nestdnn.nestfile import NestDescendant, NestMeta, write_nest
 from nestdnn.training import LossFn, TrainConfig, evaluate, train
 from recovery.freeze import Freezer, overwrite_blocks
 from recovery.levels import LevelPlan

@@ -1,4 +1,4 @@
-"""The cost model of DESIGN.md section 8 and its tabulation on the share grid.
+"""The cost model (docs/scheduler.md, "Cost model") and its tabulation on the share grid.
 
     C_i(d, u) = w_i * [ (A_max_i - A(d)) + alpha * max(0, L(d) / (u * T_i) - 1) ]
 

@@ -2,7 +2,7 @@
 
 `scheduler.simulate`'s default model is fluid: between two events every app processes
 ``min(u / L(d), fps)`` frames per second, and a plan that does not fit the memory budget
-costs the ideal re-reading of the excess bytes. The daemon (`scheduler.runtime`) does
+costs the ideal re-reading of the excess bytes. The daemon (`scheduler.daemon.runtime`) does
 something more specific, and `simulate(..., runtime=RuntimeModel(...))` replays exactly that,
 frame by frame:
 
@@ -10,7 +10,7 @@ frame by frame:
   its start), until it stops. Its queue holds its newest ``queue_size`` frames: a frame
   arriving at a full queue pushes the oldest out (a drop). Frames queued when the app stops
   are still served (the live benchmark waits for them before it unregisters the app).
-* **One worker, start-time fair queueing** (`scheduler.executor.Executor`): the runnable app
+* **One worker, start-time fair queueing** (`scheduler.daemon.executor.Executor`): the runnable app
   with the smallest virtual pass runs next (ties: the app registered first); after its frame
   its pass grows by ``service / share`` (shares below 0.01 count as 0.01); an app whose queue
   was empty re-enters at the current virtual time. Idle share goes to whoever has frames.
@@ -19,7 +19,7 @@ frame by frame:
   ``idle_service_s`` / ``idle_cpu_s`` when the frame finds the worker idle (it waited for
   this frame: the processor's caches and clock may have cooled meanwhile;
   `benchmarks/daemon_live.py` measures both).
-* **Models** (`scheduler.manager.ModelManager`): when the plan fits the budget, every app's
+* **Models** (`scheduler.daemon.manager.ModelManager`): when the plan fits the budget, every app's
   descendant is made resident when the plan is applied, outside the worker (the runtime
   applies a plan in the thread that handles the event): downgrades first, then upgrades, in
   place when old and new fit in the budget together (a *switch*), otherwise cold (the old

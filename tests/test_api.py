@@ -29,8 +29,8 @@ from api.client import ApiError, DaemonClient, npy_bytes
 from api.daemon import ApiSettings
 from nestdnn.cli import main
 from profiles.schema import load_profile
-from scheduler.runtime import ModelCatalogue, Runtime, RuntimeSettings
-from scheduler.synthetic_models import synthetic_models_dir
+from profiles.synthetic import synthetic_models_dir
+from scheduler.daemon import ModelCatalogue, Runtime, RuntimeSettings
 
 ADMIN = "test-admin-token"
 SHAPE = (1, 16, 16)

@@ -24,7 +24,8 @@ from nestdnn.export import (
     load_standalone,
     save_standalone,
 )
-from nestdnn.nestfile import load_descendant, read_manifest
+from nestdnn.nested import load_descendant
+from nestdnn.nestfile import read_manifest
 
 HAS_LITERT = importlib.util.find_spec("litert_torch") is not None
 

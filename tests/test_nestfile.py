@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -18,13 +19,12 @@ from safetensors.torch import save_file
 
 from nestdnn.errors import NestError
 from nestdnn.models import ModelConfig, build_from_config, build_model, prefix_state_dict
+from nestdnn.nested import NestedModel, load_descendant
 from nestdnn.nestfile import (
     MANIFEST_KEY,
     NestDescendant,
-    NestedModel,
+    NestFile,
     NestMeta,
-    _NestReader,
-    load_descendant,
     read_manifest,
     write_nest,
 )
@@ -129,13 +129,13 @@ def level_of(name: str) -> int:
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of every tensor read from any `.nest` file during the test."""
     names: list[str] = []
-    original = _NestReader.get_tensor
+    original = NestFile.read
 
-    def recording(self: _NestReader, name: str) -> torch.Tensor:
+    def recording(self: NestFile, name: str) -> np.ndarray:
         names.append(name)
         return original(self, name)
 
-    monkeypatch.setattr(_NestReader, "get_tensor", recording)
+    monkeypatch.setattr(NestFile, "read", recording)
     return names
 
 
@@ -256,8 +256,8 @@ def test_load_descendant_reads_no_block_above_k(
     nest: tuple[Path, list[NestDescendant]], reads: list[str]
 ) -> None:
     path, descendants = nest
-    with _NestReader(path) as reader:
-        all_names = set(reader.layout.expected())
+    with NestFile(path) as nest:
+        all_names = set(nest.layout.expected())
     for k in range(len(descendants)):
         reads.clear()
         load_descendant(path, k)
@@ -489,7 +489,7 @@ def test_writer_refuses_inconsistent_states(tmp_path: Path) -> None:
         **descendants[0].state_dict,
         "classifier.bias": descendants[0].state_dict["classifier.bias"].double(),
     }
-    with pytest.raises(NestError, match=r"'classifier\.bias' is torch\.float64, expected"):
+    with pytest.raises(NestError, match=r"'classifier\.bias' is float64, expected float32"):
         write_nest(tmp_path / "m.nest", _edited(descendants, 0, state_dict=state), meta)
     with pytest.raises(NestError, match=r"'features\.0\.weight' has shape .* its widths give"):
         config = descendants[0].config
@@ -668,7 +668,7 @@ BAD_FILES: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     "short packed tensor": (
         lambda s, d: _rewrite(s, d, tensors=_shorten_packed),
         r"packed tensor '@1\.float32' has shape \((\d+),\), expected \((?!\1,)\d+,\):"
-        r" the \d+ torch\.float32 per-descendant tensors of descendant 1",
+        r" the \d+ float32 per-descendant tensors of descendant 1",
     ),
     "packed dtype": (
         lambda s, d: _rewrite(s, d, tensors=_float_counters),

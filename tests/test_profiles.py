@@ -17,7 +17,8 @@ import torch
 from nestdnn.data import SyntheticConfig, load_dataset
 from nestdnn.errors import NestError
 from nestdnn.models import build_from_config, build_model, default_widths, prefix_state_dict
-from nestdnn.nestfile import NestDescendant, NestMeta, load_descendant, read_manifest, write_nest
+from nestdnn.nested import load_descendant
+from nestdnn.nestfile import NestDescendant, NestMeta, read_manifest, write_nest
 from profiles.accuracy import renormalise
 from profiles.cli import configure_profile, run_profile
 from profiles.latency import LatencySettings

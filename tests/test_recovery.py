@@ -16,7 +16,8 @@ from nestdnn.cli import main
 from nestdnn.data import DatasetSplits, DataSpec, SyntheticConfig, load_dataset
 from nestdnn.errors import NestError
 from nestdnn.models import build_model
-from nestdnn.nestfile import load_descendant, read_manifest
+from nestdnn.nested import load_descendant
+from nestdnn.nestfile import read_manifest
 from nestdnn.training import TrainConfig, evaluate, train
 from pruning.prune import PruneJob, prune
 from pruning.roadmap import PruneSettings, Roadmap, RoadmapStep

@@ -21,22 +21,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from nestdnn.errors import NestError
-from scheduler.backends import LoadedModel, TorchBackend
-from scheduler.catalogue import CatalogueEntry, ModelCatalogue
-from scheduler.errors import FrameDropped, Infeasible, QueueFull, UnknownApp, UnknownModel
-from scheduler.executor import Executor
-from scheduler.manager import ModelManager, Target
+from nestdnn.nestfile import NestFile
+from profiles.synthetic import synthetic_models_dir
+from scheduler.daemon import (
+    AppSpec,
+    CatalogueEntry,
+    FrameDropped,
+    Infeasible,
+    LoadedModel,
+    ModelCatalogue,
+    Prediction,
+    QueueFull,
+    Runtime,
+    RuntimeSettings,
+    Snapshot,
+    UnknownApp,
+    UnknownModel,
+)
+from scheduler.daemon.backends.pytorch import TorchBackend
+from scheduler.daemon.executor import Executor
+from scheduler.daemon.manager import ModelManager, Target
+from scheduler.daemon.state import RuntimeState
 from scheduler.problem import App
-from scheduler.runtime import AppSpec, Prediction, Runtime, RuntimeSettings, Snapshot
 from scheduler.simulate import AppStart, AppStop, Trace, simulate
-from scheduler.state import RuntimeState
-from scheduler.synthetic_models import synthetic_models_dir
 
 MODELS = ("cam", "mic")
 
@@ -53,12 +66,13 @@ def catalogue(models_dir: Path) -> ModelCatalogue:
     return catalogue
 
 
-def frame_for(catalogue: ModelCatalogue, model: str) -> torch.Tensor:
-    return torch.randn(catalogue.entries[model].input_shape)
+def frame_for(catalogue: ModelCatalogue, model: str) -> np.ndarray:
+    shape = catalogue.entries[model].input_shape
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
 def sizes(catalogue: ModelCatalogue, model: str) -> list[int]:
-    return [d.memory_bytes for d in catalogue.entries[model].descendants("torch")]
+    return [d.memory_bytes for d in catalogue.entries[model].profiled("torch")]
 
 
 @dataclass
@@ -184,28 +198,30 @@ def test_a_shrinking_budget_keeps_the_old_limit_until_the_downgrades_are_done(
     assert manager.accounted_bytes == small
 
 
-def test_the_torch_backend_validates_each_file_once_and_loads_from_it_many_times(
-    catalogue: ModelCatalogue, monkeypatch: pytest.MonkeyPatch,
+def test_each_file_is_validated_once_and_every_load_reads_from_it(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Cold loads reuse the file's validated reader (its skeletons built once); closing a
-    model keeps the file open for the next load; closing the backend closes the files but
-    loaded models keep predicting."""
-    import scheduler.backends as backends
+    """The catalogue opens (validates and hashes) each file once; the backend's cold loads and
+    in-place switches all read from that open file; once the catalogue closes its files,
+    loaded models keep predicting but can no longer switch."""
+    reference = ModelCatalogue.load(models_dir)
+    frame = frame_for(reference, "cam")
+    expected = [TorchBackend().open(reference.entries["cam"], k).predict(frame)
+                for k in range(3)]
+    reference.close()
+    opened: list[str] = []
+    original = NestFile.__init__
 
+    def counting(self: NestFile, path: Path) -> None:
+        opened.append(Path(path).name)
+        original(self, path)
+
+    monkeypatch.setattr(NestFile, "__init__", counting)
+    catalogue = ModelCatalogue.load(models_dir)
+    assert sorted(opened) == ["cam.nest", "mic.nest"]
     cam = catalogue.entries["cam"]
-    frame = frame_for(catalogue, "cam")
-    expected = [TorchBackend().open(cam, k).predict(frame) for k in range(3)]
-    opened: list[Path] = []
-
-    class CountingReader(backends._NestReader):
-        def __init__(self, path: Path) -> None:
-            opened.append(Path(path))
-            super().__init__(path)
-
-    monkeypatch.setattr(backends, "_NestReader", CountingReader)
     backend = TorchBackend()
     backend.prepare(list(catalogue.entries.values()))
-    assert sorted(p.name for p in opened) == ["cam.nest", "mic.nest"]
     models = []
     for k in (0, 2, 1, 2, 0):
         model = backend.open(cam, k)
@@ -217,13 +233,11 @@ def test_the_torch_backend_validates_each_file_once_and_loads_from_it_many_times
     grown.switch_in_place(2)
     assert grown.predict(frame) == pytest.approx(expected[2])
     assert len(opened) == 2
-    backend.close()
+    catalogue.close()
     assert models[1].predict(frame) == pytest.approx(expected[2])
     with pytest.raises(NestError, match="closed"):
         grown.switch_in_place(1)
-    assert backend.open(cam, 1).predict(frame) == pytest.approx(expected[1])  # reopened
-    assert len(opened) == 3
-    backend.close()
+    assert len(opened) == 2
 
 
 def test_swapping_loads_on_demand_and_evicts_the_least_recently_used(
@@ -357,7 +371,7 @@ def test_bad_requests_are_refused_with_clear_errors(
         rt.register(AppSpec(model="cam", fps=30.0, min_accuracy=0.99))
     app = rt.register(AppSpec(model="cam", fps=30.0))
     with pytest.raises(NestError, match=r"shape \(1, 16, 16\)"):
-        rt.submit(app.id, torch.zeros(3, 16, 16))
+        rt.submit(app.id, np.zeros((3, 16, 16), dtype=np.float32))
     with pytest.raises(UnknownApp):
         rt.submit("missing", frame_for(catalogue, "cam"))
     with pytest.raises(NestError, match="policy must be one of"):
@@ -370,7 +384,7 @@ def test_bad_requests_are_refused_with_clear_errors(
 def test_min_accuracy_limits_the_descendants_an_app_may_get(
     catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime]
 ) -> None:
-    cam = catalogue.entries["cam"].descendants("torch")
+    cam = catalogue.entries["cam"].profiled("torch")
     rt = make_runtime(sum(sizes(catalogue, "cam")))
     info = rt.register(AppSpec(model="cam", fps=1.0, min_accuracy=cam[1].accuracy))
     assert info.descendant >= 1
@@ -420,7 +434,7 @@ def test_a_request_in_flight_finishes_on_its_descendant_and_one_sent_mid_switch_
     gate, running = threading.Event(), threading.Event()
     run = rt._executor._runner
 
-    def gated(app_id: str, f: torch.Tensor) -> tuple[list[float], int]:
+    def gated(app_id: str, f: np.ndarray) -> tuple[list[float], int]:
         running.set()
         gate.wait()
         return run(app_id, f)
@@ -536,7 +550,7 @@ def test_a_corrupt_state_file_is_moved_aside_and_the_runtime_starts_empty(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     (tmp_path / "state.json").write_text('{"format": "nestdnn-runtime-state", "apps": [')
-    with caplog.at_level(logging.WARNING, logger="scheduler.state"):
+    with caplog.at_level(logging.WARNING, logger="scheduler.daemon.state"):
         rt = make_runtime(sum(sizes(catalogue, "cam")), state_dir=tmp_path)
     assert rt.snapshot().apps == []
     aside = list(tmp_path.glob("state.json.corrupt-*"))
@@ -619,7 +633,7 @@ def test_the_runtime_makes_the_simulators_decisions_on_the_same_trace(
 ) -> None:
     """Same apps, same events, same switch-aware re-solve: the applied plans (descendants
     and shares) equal the simulator's after every event, for NestDNN and the baseline."""
-    tables = {m: catalogue.entries[m].descendants("torch") for m in MODELS}
+    tables = {m: catalogue.entries[m].profiled("torch") for m in MODELS}
     models = {"a": "cam", "b": "mic", "c": "cam", "d": "mic"}
     steps = [("start", "a"), ("start", "b"), ("start", "c"), ("stop", "a"), ("start", "d"),
              ("stop", "b")]

@@ -6,14 +6,15 @@ import threading
 import time
 from concurrent.futures import Future
 
+import numpy as np
 import pytest
 import torch
 
 from nestdnn.models import build_model
-from scheduler.errors import FrameDropped, QueueFull, UnknownApp
-from scheduler.executor import Executor, Prediction, percentile
+from scheduler.daemon.errors import FrameDropped, QueueFull, UnknownApp
+from scheduler.daemon.executor import Executor, Prediction, percentile
 
-FRAME = torch.zeros(1, 16, 16)
+FRAME = np.zeros((1, 16, 16), dtype=np.float32)
 
 
 class GatedRunner:
@@ -24,7 +25,7 @@ class GatedRunner:
         self.gate = threading.Event()
         self.ran: list[str] = []
 
-    def __call__(self, app_id: str, frame: torch.Tensor) -> tuple[list[float], int]:
+    def __call__(self, app_id: str, frame: np.ndarray) -> tuple[list[float], int]:
         self.ran.append(app_id)
         self.started.release()
         self.gate.wait()
@@ -56,9 +57,9 @@ def test_busy_time_shares_match_assigned_shares_when_saturated() -> None:
                          width_mult=0.0625).eval(),
     }
 
-    def runner(app_id: str, frame: torch.Tensor) -> tuple[list[float], int]:
+    def runner(app_id: str, frame: np.ndarray) -> tuple[list[float], int]:
         with torch.inference_mode():
-            logits = models[app_id](frame.unsqueeze(0))
+            logits = models[app_id](torch.from_numpy(frame).unsqueeze(0))
         return torch.softmax(logits[0], 0).tolist(), 0
 
     saturated_busy: dict[str, float] = {}
@@ -69,7 +70,8 @@ def test_busy_time_shares_match_assigned_shares_when_saturated() -> None:
             saturated_busy.update({a: executor.counters(a).busy_s for a in models})
             one_queue_empty.set()
 
-    executor = Executor(runner, queue_size=150, threads=1, observer=observe)
+    executor = Executor(runner, queue_size=150, on_start=lambda: torch.set_num_threads(1),
+                        observer=observe)
     assigned = {"a": 0.5, "b": 0.3, "c": 0.2}
     for app_id, share in assigned.items():
         executor.add_app(app_id, share)

@@ -11,15 +11,14 @@ import pytest
 import torch
 
 from nestdnn.errors import NestError
-from nestdnn.nestfile import load_descendant
+from nestdnn.nested import load_descendant
 from profiles.schema import load_profile, save_profile
-from scheduler.catalogue import ModelCatalogue
-from scheduler.runtime import AppSpec, Runtime, RuntimeSettings
-from scheduler.synthetic_models import (
+from profiles.synthetic import (
     synthetic_models_dir,
     write_synthetic_nest,
     write_synthetic_profile,
 )
+from scheduler.daemon import AppSpec, ModelCatalogue, Runtime, RuntimeSettings
 
 HAVE_CONVERTER = importlib.util.find_spec("litert_torch") is not None
 

@@ -34,7 +34,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 
 def plain_cost(app: App, d: int, share: float, alpha: float) -> float:
-    """The cost model of DESIGN.md section 8, written out."""
+    """The cost model of docs/scheduler.md ("Cost model"), written out."""
     best = max(x.accuracy for x in app.descendants)
     desc = app.descendants[d]
     excess = max(0.0, desc.latency_s / (share * app.target_latency_s) - 1.0)

@@ -16,7 +16,7 @@ from api.schemas import (
     Problem,
 )
 from api.views import app_out, status_out
-from scheduler.runtime import AppSpec
+from scheduler.daemon import AppSpec
 
 router = APIRouter(prefix="/v1/apps", tags=["apps"])
 

@@ -44,7 +44,7 @@ from api.frames import (
     sniff_type,
 )
 from api.schemas import InferJSON, InferOut, OverloadProblem, Problem, TopK
-from scheduler.runtime import CatalogueEntry, Prediction
+from scheduler.daemon import CatalogueEntry, Prediction
 
 router = APIRouter(prefix="/v1/apps", tags=["inference"])
 

@@ -6,8 +6,7 @@ from fastapi import APIRouter
 
 from api.deps import DaemonDep
 from api.schemas import DescendantOut, ModelDetail, ModelList, ModelSummary, Problem, RejectedModel
-from scheduler.errors import UnknownModel
-from scheduler.runtime import CatalogueEntry
+from scheduler.daemon import CatalogueEntry, UnknownModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

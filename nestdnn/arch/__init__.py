@@ -52,20 +52,24 @@ def default_widths(arch: str, input_size: int, width_mult: float = 1.0) -> dict[
 
 
 def check_widths(widths: Mapping[str, int], limits: Mapping[str, int], arch: str,
-                 what: str = "widths") -> None:
-    """``widths`` must name exactly ``arch``'s groups (``limits``), each within 1..its limit."""
+                 context: str = "") -> None:
+    """``widths`` must name exactly ``arch``'s groups (``limits``), each within 1..its limit.
+
+    ``context`` (e.g. "descendant 2") prefixes the message of the NestError.
+    """
+    prefix = f"{context}: " if context else ""
     unknown = sorted(set(widths) - set(limits))
     missing = sorted(set(limits) - set(widths))
     if unknown or missing:
         raise NestError(
-            f"{what} do not match {arch}'s channel groups"
+            f"{prefix}widths do not match {arch}'s channel groups"
             + (f"; unknown: {', '.join(unknown[:5])}" if unknown else "")
             + (f"; missing: {', '.join(missing[:5])}" if missing else "")
         )
     for group, width in widths.items():
         if not 1 <= width <= limits[group]:
             raise NestError(
-                f"width of group '{group}' is {width}; {arch} allows 1..{limits[group]}"
+                f"{prefix}width of group '{group}' is {width}; {arch} allows 1..{limits[group]}"
             )
 
 

@@ -161,7 +161,7 @@ def pruning_finished(prune_dir: Path) -> bool:
 
 def profile_matches(profile: Path, nest: Path) -> bool:
     """A profile is reusable only if it was measured on this exact .nest file."""
-    from profiles.nestinfo import file_sha256
+    from nestdnn.files import file_sha256
     from profiles.schema import load_profile
 
     try:

@@ -27,17 +27,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
-from torch import Tensor
+import numpy as np
 
-from scheduler.errors import FrameDropped, QueueFull, UnknownApp
+from scheduler.daemon.errors import FrameDropped, QueueFull, UnknownApp
 from scheduler.problem import MIN_SHARE
 
 log = logging.getLogger(__name__)
 
 Overflow = Literal["drop-oldest", "refuse"]
 # Runs one frame for an app: returns class probabilities and the descendant that computed them.
-Runner = Callable[[str, Tensor], tuple[list[float], int]]
+Runner = Callable[[str, np.ndarray], tuple[list[float], int]]
 JobObserver = Callable[[str, float], None]
 
 LATENCY_WINDOW = 1024  # completions kept for the latency percentiles
@@ -57,7 +56,7 @@ class Prediction:
 
 @dataclass
 class _Job:
-    frame: Tensor
+    frame: np.ndarray
     future: Future[Prediction]
     submitted: float
 
@@ -127,7 +126,7 @@ class Executor:
         *,
         queue_size: int = 4,
         overflow: Overflow = "drop-oldest",
-        threads: int = 1,
+        on_start: Callable[[], None] | None = None,
         observer: JobObserver | None = None,
     ) -> None:
         if queue_size < 1:
@@ -135,7 +134,7 @@ class Executor:
         self._runner = runner
         self._queue_size = queue_size
         self._overflow = overflow
-        self._threads = threads
+        self._on_start = on_start
         self._observer = observer
         self._apps: dict[str, _AppQueue] = {}
         self._cond = threading.Condition()
@@ -235,7 +234,7 @@ class Executor:
 
     # ------------------------------------------------------------------ frames
 
-    def submit(self, app_id: str, frame: Tensor) -> Future[Prediction]:
+    def submit(self, app_id: str, frame: np.ndarray) -> Future[Prediction]:
         """Queue a frame; the future gives its `Prediction` or raises `FrameDropped`."""
         job = _Job(frame, Future(), time.monotonic())
         with self._cond:
@@ -293,7 +292,8 @@ class Executor:
                 self._cond.wait()
 
     def _work(self) -> None:
-        torch.set_num_threads(self._threads)
+        if self._on_start is not None:
+            self._on_start()
         while (taken := self._next_job()) is not None:
             app, job = taken
             if job.future.set_running_or_notify_cancel():

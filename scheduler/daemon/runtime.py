@@ -20,19 +20,19 @@ import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
+from typing import Any
 
-import torch
-from torch import Tensor
+import numpy as np
 
 from nestdnn.errors import NestError
-from scheduler.backends import Backend, TfliteBackend, TorchBackend
-from scheduler.catalogue import CatalogueEntry, ModelCatalogue, RejectedModel
-from scheduler.errors import Infeasible, UnknownApp, UnknownModel
-from scheduler.executor import Executor, JobObserver, Prediction
-from scheduler.manager import LedgerObserver, ModelManager, Target
-from scheduler.planning import PlannedApp, plan
-from scheduler.problem import Assignment, Method, Policy, Solution
-from scheduler.specs import (
+from nestdnn.nestfile import as_array
+from scheduler.daemon.backends import InferenceBackend, make_backend
+from scheduler.daemon.catalogue import CatalogueEntry, ModelCatalogue
+from scheduler.daemon.errors import Infeasible, UnknownApp, UnknownModel
+from scheduler.daemon.executor import Executor, JobObserver, Prediction
+from scheduler.daemon.manager import LedgerObserver, ModelManager, Target
+from scheduler.daemon.planning import PlannedApp, plan
+from scheduler.daemon.specs import (
     AppInfo,
     AppSpec,
     AppStatus,
@@ -40,20 +40,10 @@ from scheduler.specs import (
     Snapshot,
     check_policy,
 )
-from scheduler.state import PersistedApp, RuntimeState, load_state, save_state
+from scheduler.daemon.state import PersistedApp, RuntimeState, load_state, save_state
+from scheduler.problem import Assignment, Method, Policy, Solution
 
-__all__ = [
-    "AppInfo",
-    "AppSpec",
-    "AppStatus",
-    "CatalogueEntry",
-    "ModelCatalogue",
-    "Prediction",
-    "RejectedModel",
-    "Runtime",
-    "RuntimeSettings",
-    "Snapshot",
-]
+__all__ = ["Runtime"]
 
 log = logging.getLogger(__name__)
 
@@ -83,26 +73,24 @@ class Runtime:
     """The on-device scheduler daemon's core: a Python API, no HTTP (see `api/`)."""
 
     def __init__(self, catalogue: ModelCatalogue, settings: RuntimeSettings, *,
+                 backend: InferenceBackend | None = None,
                  ledger_observer: LedgerObserver | None = None,
                  job_observer: JobObserver | None = None) -> None:
+        """``backend`` defaults to the one ``settings.backend`` names (tests and benchmarks
+        may give their own, e.g. one with stub costs)."""
         self.catalogue = catalogue
         self.settings = settings
-        self._backend = self._make_backend(settings)
+        self._backend = backend or make_backend(settings.backend, settings.threads)
         self._manager = ModelManager(self._backend, settings.memory_budget_bytes,
                                      observer=ledger_observer)
         self._executor = Executor(self._manager.run, queue_size=settings.queue_size,
-                                  overflow=settings.overflow, threads=settings.threads,
+                                  overflow=settings.overflow,
+                                  on_start=self._backend.on_worker_start,
                                   observer=job_observer)
         self._committed = _Committed(settings.policy, settings.method, settings.alpha,
                                      settings.memory_budget_bytes, {}, None)
         self._events = threading.Lock()
         self._running = self._stopped = False
-
-    @staticmethod
-    def _make_backend(settings: RuntimeSettings) -> Backend:
-        if settings.backend == "tflite":
-            return TfliteBackend(settings.threads)
-        return TorchBackend()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -135,9 +123,8 @@ class Runtime:
         usable = []
         for name, entry in list(self.catalogue.entries.items()):
             try:
-                entry.descendants(self.settings.backend)
+                entry.profiled(self._backend.name)
             except NestError as exc:
-                del self.catalogue.entries[name]
                 self.catalogue.reject(name, str(exc))
             else:
                 usable.append(entry)
@@ -213,24 +200,23 @@ class Runtime:
 
     # ------------------------------------------------------------------ frames
 
-    def submit(self, app_id: str, frame: Tensor) -> Future[Prediction]:
-        """Queue one normalised (C, H, W) float32 frame; the future gives its `Prediction`."""
+    def submit(self, app_id: str, frame: Any) -> Future[Prediction]:
+        """Queue one normalised (C, H, W) float32 frame (a numpy array, or a CPU torch
+        tensor); the future gives its `Prediction`."""
         app = self._committed.apps.get(app_id)
         if app is None or not self._running:
             raise UnknownApp(f"no app with id '{app_id}'"
                              + ("" if self._running else " (the runtime is not running)"))
-        self._check_frame(frame, self.catalogue.entries[app.spec.model])
-        return self._executor.submit(app_id, frame)
+        return self._executor.submit(app_id, _checked_frame(frame, self._entry(app.spec.model)))
 
-    @staticmethod
-    def _check_frame(frame: Tensor, entry: CatalogueEntry) -> None:
-        if not isinstance(frame, Tensor):
-            raise NestError(f"a frame must be a torch tensor, got {type(frame).__name__}")
-        if frame.dtype != torch.float32 or tuple(frame.shape) != entry.input_shape:
-            raise NestError(
-                f"model {entry.name} takes float32 frames of shape {entry.input_shape},"
-                f" got {frame.dtype} {tuple(frame.shape)}"
-            )
+    def info(self, app_id: str) -> AppInfo:
+        """An app as registered, with its part of the plan in force."""
+        self._app(app_id)
+        return self._info(app_id)
+
+    def entry(self, app_id: str) -> CatalogueEntry:
+        """The catalogue entry of an app's model."""
+        return self._entry(self._app(app_id).spec.model)
 
     # ------------------------------------------------------------------ views
 
@@ -374,6 +360,20 @@ def _assigned(solution: Solution | None, app_id: str) -> Assignment:
         if part.name == app_id:
             return part
     raise UnknownApp(f"no app with id '{app_id}'")
+
+
+def _checked_frame(frame: Any, entry: CatalogueEntry) -> np.ndarray:
+    """The frame as a float32 array of the model's input shape, or a NestError saying why not."""
+    try:
+        array = as_array(frame)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise NestError(f"a frame must be a float32 array, got {type(frame).__name__}") from e
+    if array.dtype != np.float32 or array.shape != entry.input_shape:
+        raise NestError(
+            f"model {entry.name} takes float32 frames of shape {entry.input_shape},"
+            f" got {array.dtype} {array.shape}"
+        )
+    return array
 
 
 def _spec_fields(spec: AppSpec) -> dict[str, object]:

@@ -13,12 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from nestdnn.errors import NestError
-from scheduler.backends import Backend
-from scheduler.catalogue import CatalogueEntry
-from scheduler.errors import Infeasible
+from scheduler.daemon.backends import InferenceBackend
+from scheduler.daemon.catalogue import CatalogueEntry
+from scheduler.daemon.errors import Infeasible
+from scheduler.daemon.specs import AppSpec
 from scheduler.problem import App, Method, Policy, Problem, Solution
 from scheduler.solve import Tolerance, resolve
-from scheduler.specs import AppSpec
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class PlannedApp:
     spec: AppSpec
 
 
-def allowed_descendants(app: PlannedApp, backend: Backend) -> list[int]:
+def allowed_descendants(app: PlannedApp, backend: InferenceBackend) -> list[int]:
     """Descendant indices the app may run: those reaching its min_accuracy (all if unset)."""
     table = backend.descendants(app.entry)
     floor = app.spec.min_accuracy
@@ -46,7 +46,7 @@ def allowed_descendants(app: PlannedApp, backend: Backend) -> list[int]:
 
 def plan(
     apps: Sequence[PlannedApp],
-    backend: Backend,
+    backend: InferenceBackend,
     *,
     policy: Policy,
     method: Method,
@@ -83,7 +83,7 @@ def plan(
     return _reindexed(solution, {a: dict(enumerate(ks)) for a, ks in allowed.items()})
 
 
-def _problem_app(app: PlannedApp, backend: Backend, allowed: list[int]) -> App:
+def _problem_app(app: PlannedApp, backend: InferenceBackend, allowed: list[int]) -> App:
     table = backend.descendants(app.entry)
     return App(name=app.id, target_latency_s=app.spec.latency_target_s,
                priority=app.spec.priority, descendants=[table[k] for k in allowed])

@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from nestdnn.files import file_sha256
 from nestdnn.models import build_model, default_widths, prefix_state_dict
 from nestdnn.nestfile import Manifest, NestDescendant, NestMeta, read_manifest, write_nest
 from profiles.device import describe_device
 from profiles.latency import LatencySettings
-from profiles.nestinfo import file_sha256
 from profiles.profiler import ProfileSettings, Progress, measure_latencies, measure_memories
 from profiles.schema import (
     SCHEMA_VERSION,

@@ -31,11 +31,11 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from torch import Tensor
+import numpy as np
 
-from scheduler.backends import Backend, LoadedModel
-from scheduler.catalogue import CatalogueEntry
-from scheduler.errors import UnknownApp
+from scheduler.daemon.backends import InferenceBackend, LoadedModel
+from scheduler.daemon.catalogue import CatalogueEntry
+from scheduler.daemon.errors import UnknownApp
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class ResidentInfo:
 class ModelManager:
     """Holds every app's descendant and applies plans without passing the memory budget."""
 
-    def __init__(self, backend: Backend, memory_budget_bytes: int,
+    def __init__(self, backend: InferenceBackend, memory_budget_bytes: int,
                  observer: LedgerObserver | None = None) -> None:
         self._backend = backend
         self._limit = memory_budget_bytes
@@ -234,7 +234,7 @@ class ModelManager:
 
     # ---------------------------------------------------------------- inference
 
-    def run(self, app_id: str, frame: Tensor) -> tuple[list[float], int]:
+    def run(self, app_id: str, frame: np.ndarray) -> tuple[list[float], int]:
         """Run one frame on the app's resident descendant (loading it first when swapping).
 
         Called by the executor while it counts the app's job in flight, so no switch of this

@@ -1,9 +1,11 @@
 """The models a daemon can serve: ``NAME.nest`` + ``NAME.profile.json`` pairs in one directory.
 
-Each pair is validated when loaded: the profile must parse, must belong to that very file
-(its recorded sha256 equals the file's content hash) and must describe as many descendants as
-the file holds. A pair that fails any check is reported (logged and listed in ``rejected``
-with the reason) and skipped; one bad file never keeps the others from being served.
+Each pair is validated once, when loaded: the `.nest` is opened as a `NestFile` (validated and
+hashed in one read, and kept open for the daemon's life: every load of a descendant reads
+from it), the profile must parse, must belong to that very file (its recorded sha256 equals
+the file's content hash) and must describe as many descendants as the file holds. A pair that
+fails any check is reported (logged and listed in ``rejected`` with the reason) and skipped;
+one bad file never keeps the others from being served.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nestdnn.errors import NestError
-from nestdnn.nestfile import read_manifest
-from profiles.nestinfo import file_sha256, input_shape
+from nestdnn.nestfile import NestFile
 from profiles.schema import Backend, Profile, descendant_table, load_profile
 from scheduler.problem import Descendant
 
@@ -26,25 +27,41 @@ PROFILE_SUFFIX = ".profile.json"
 
 @dataclass(frozen=True)
 class CatalogueEntry:
-    """A servable model: its file, its validated profile and what its frames must look like."""
+    """A servable model: its open file, its validated profile and its frames' shape."""
 
     name: str
-    nest_path: Path
+    nest: NestFile
     profile: Profile
-    input_shape: tuple[int, int, int]
-    class_names: list[str]
-    mean: list[float]
-    std: list[float]
+
+    @property
+    def nest_path(self) -> Path:
+        return self.nest.path
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.nest.manifest.input_shape
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.nest.manifest.class_names
+
+    @property
+    def mean(self) -> list[float]:
+        return self.nest.manifest.normalization.mean
+
+    @property
+    def std(self) -> list[float]:
+        return self.nest.manifest.normalization.std
 
     @property
     def num_descendants(self) -> int:
-        return self.profile.num_descendants
+        return self.nest.manifest.num_descendants
 
     @property
     def sha256(self) -> str:
-        return self.profile.model.sha256
+        return self.nest.sha256
 
-    def descendants(self, backend: Backend) -> list[Descendant]:
+    def profiled(self, backend: Backend) -> list[Descendant]:
         """A(d), M(d) (resident weight bytes) and L(d) (median latency on ``backend``)."""
         return [Descendant(accuracy=c.accuracy, memory_bytes=c.memory_bytes,
                            latency_s=c.latency_s)
@@ -90,9 +107,17 @@ class ModelCatalogue:
         return catalogue
 
     def reject(self, name: str, reason: str) -> None:
-        """Record a pair that will not be served."""
+        """Record a pair that will not be served (and close its file if it was open)."""
+        entry = self.entries.pop(name, None)
+        if entry is not None:
+            entry.nest.close()
         log.warning("model %s skipped: %s", name, reason)
         self.rejected.append(RejectedModel(name, reason))
+
+    def close(self) -> None:
+        """Close every model file (loaded descendants keep working)."""
+        for entry in self.entries.values():
+            entry.nest.close()
 
 
 def load_entry(name: str, nest_path: Path) -> CatalogueEntry:
@@ -101,24 +126,19 @@ def load_entry(name: str, nest_path: Path) -> CatalogueEntry:
     if not profile_path.is_file():
         raise NestError(f"no profile {profile_path.name} beside {nest_path.name}")
     profile = load_profile(profile_path)
-    digest = file_sha256(nest_path)
-    if profile.model.sha256 != digest:
-        raise NestError(
-            f"{profile_path.name} was measured on another file (profile sha256"
-            f" {profile.model.sha256[:12]}..., {nest_path.name} has {digest[:12]}...)"
-        )
-    manifest = read_manifest(nest_path)
-    if manifest.num_descendants != profile.num_descendants:
-        raise NestError(
-            f"{nest_path.name} holds {manifest.num_descendants} descendants but"
-            f" {profile_path.name} describes {profile.num_descendants}"
-        )
-    return CatalogueEntry(
-        name=name,
-        nest_path=nest_path,
-        profile=profile,
-        input_shape=input_shape(manifest),
-        class_names=list(manifest.class_names),
-        mean=list(manifest.normalization.mean),
-        std=list(manifest.normalization.std),
-    )
+    nest = NestFile(nest_path)
+    try:
+        if profile.model.sha256 != nest.sha256:
+            raise NestError(
+                f"{profile_path.name} was measured on another file (profile sha256"
+                f" {profile.model.sha256[:12]}..., {nest_path.name} has {nest.sha256[:12]}...)"
+            )
+        if nest.manifest.num_descendants != profile.num_descendants:
+            raise NestError(
+                f"{nest_path.name} holds {nest.manifest.num_descendants} descendants but"
+                f" {profile_path.name} describes {profile.num_descendants}"
+            )
+    except NestError:
+        nest.close()
+        raise
+    return CatalogueEntry(name=name, nest=nest, profile=profile)

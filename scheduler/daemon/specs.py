@@ -1,18 +1,16 @@
-"""Value types of the daemon runtime's Python API (re-exported by `scheduler.runtime`)."""
+"""Value types of the daemon runtime's Python API (re-exported by `scheduler.daemon.runtime`)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from nestdnn.errors import NestError
-from scheduler.executor import Overflow
+from profiles.schema import BACKENDS, Backend
+from scheduler.daemon.executor import Overflow
 from scheduler.problem import METHODS, POLICIES, Method, Policy
 
-Backend = Literal["torch", "tflite"]
-BACKENDS: tuple[Backend, ...] = ("torch", "tflite")
 OVERFLOWS: tuple[Overflow, ...] = ("drop-oldest", "refuse")
 
 
