@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -90,30 +89,6 @@ def test_missing_stage_module_is_an_error_not_a_placeholder(
     monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, ghost))
     with pytest.raises(ModuleNotFoundError, match=r"nestdnn\.no_such_stage"):
         cli.main(["ghost", "--help"])
-
-
-STAGES = {"pruning", "recovery", "profiles", "scheduler", "api"}
-
-
-def imported_packages(path: Path) -> set[str]:
-    """Top-level packages a module imports (anywhere in it, lazy imports included)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names
-
-
-def test_only_the_cli_imports_the_stages() -> None:
-    core = Path(cli.__file__).parents[1]
-    offenders = {
-        str(path.relative_to(core.parent)): sorted(imported_packages(path) & STAGES)
-        for path in core.rglob("*.py")
-        if core / "cli" not in path.parents
-    }
-    assert {path: stages for path, stages in offenders.items() if stages} == {}
 
 
 def test_missing_dependency_inside_a_stage_is_not_hidden(
