@@ -16,7 +16,7 @@ import uvicorn
 from api.app import create_app
 from api.daemon import ApiSettings
 from nestdnn.errors import NestError
-from profiles.schema import BACKENDS
+from profiles.schema import BACKENDS, DEFAULT_BACKEND
 from scheduler.daemon import OVERFLOWS, ModelCatalogue, Runtime, RuntimeSettings
 from scheduler.problem import METHODS, POLICIES
 
@@ -88,7 +88,13 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--method", choices=METHODS, default="exact", help="solver")
     parser.add_argument("--alpha", type=float, default=1.0, help="weight of latency excess")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=DEFAULT_BACKEND,
+        help="inference backend: onnxruntime (fastest here, no torch needed), torch (eager,"
+        " in-place upgrades; needs the train extra) or tflite (needs the export extra)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
     parser.add_argument("--port", type=_port, default=8000, help="TCP port")
     parser.add_argument(

@@ -34,11 +34,18 @@ def cpu_model() -> str:
 def tflite_runtime_version() -> str | None:
     """'tflite-runtime 2.14.0' (or the ai-edge-litert fallback), None if neither is installed."""
     for package in TFLITE_PACKAGES:
-        try:
-            return f"{package} {importlib.metadata.version(package)}"
-        except importlib.metadata.PackageNotFoundError:
-            continue
+        version = package_version(package)
+        if version is not None:
+            return f"{package} {version}"
     return None
+
+
+def package_version(package: str) -> str | None:
+    """An installed distribution's version, None if it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def describe_device(threads: int) -> Device:
@@ -52,6 +59,7 @@ def describe_device(threads: int) -> Device:
         torch=torch.__version__,
         numpy=numpy.__version__,
         tflite_runtime=tflite_runtime_version(),
+        onnxruntime=package_version("onnxruntime"),
     )
 
 

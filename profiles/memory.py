@@ -1,26 +1,33 @@
-"""Peak resident memory of loading and running one descendant, in a fresh subprocess.
+"""Resident memory of loading and running one descendant, in a fresh subprocess.
 
-``python -m profiles.memory torch MODEL.nest K`` (or ``tflite FILE.tflite``) imports the
-runtime, sets the thread count and warms the runtime up on a tiny operation (so that thread
-pools and allocator arenas exist), then resets the kernel's peak-RSS counter by writing 5 to
-``/proc/self/clear_refs`` and reads ``VmRSS`` as the baseline. It then loads the descendant,
-runs ``runs`` batch-1 inferences and reads ``VmHWM``, the peak RSS since the reset. It prints
-both as JSON. A fresh process per (descendant, backend) keeps other descendants' weights,
-freed-but-retained heap and the import-time peak out of the figure.
+``python -m profiles.memory BACKEND MODEL K`` (torch or onnxruntime on the ``.nest``, tflite
+on a flatbuffer) imports the runtime, sets the thread count and warms the runtime up on the
+reference stack (so that thread pools and allocator arenas exist). It then takes the baseline
+(``VmRSS`` after a garbage collection and ``malloc_trim``), resets the kernel's peak-RSS
+counter (5 to ``/proc/self/clear_refs``), loads the descendant and runs ``runs`` batch-1
+inferences. It reports the peak (``VmHWM``: weights, activations, transient copies while
+loading) and the resident growth that stays while the model is held (trimmed ``VmRSS`` minus
+the baseline): what the daemon's ledger accounts for the descendant on that backend. A fresh
+process per (descendant, backend) keeps other descendants, retained heap and the import-time
+peak out of the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import gc
 import json
 import re
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nestdnn.errors import NestError
-from profiles.schema import Backend, MemoryStats
+from profiles.latency import Runner
+from profiles.schema import BACKENDS, Backend, MemoryStats
 
 PROC_STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -60,57 +67,84 @@ def reset_peak_rss() -> None:
         raise NestError(f"cannot reset the peak-RSS counter ({CLEAR_REFS}): {e}") from e
 
 
-def torch_peak(nest_path: Path, index: int, threads: int, runs: int) -> MemoryStats:
-    """Baseline and peak RSS of loading descendant ``index`` and running it with torch."""
+def trimmed_rss() -> int:
+    """VmRSS after a garbage collection and returning freed heap to the system (glibc)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return status_bytes("VmRSS")
+
+
+def loaded_memory(load: Callable[[], Runner], runs: int) -> MemoryStats:
+    """Peak and resident RSS of ``load()`` (the runtime already warm) and ``runs`` inferences.
+
+    The baseline is taken trimmed, the peak counter reset right after; the resident figure is
+    the trimmed RSS while the loaded model is still held, minus the baseline.
+    """
+    baseline = trimmed_rss()
+    reset_peak_rss()
+    run = load()
+    for _ in range(runs):
+        run()
+    peak = status_bytes("VmHWM")
+    resident = trimmed_rss() - baseline
+    del run
+    return MemoryStats(baseline_rss_bytes=baseline, peak_rss_bytes=max(peak, baseline),
+                       runs=runs, resident_bytes=max(0, resident))
+
+
+def torch_memory(nest_path: Path, index: int, threads: int, runs: int) -> MemoryStats:
+    """Loading descendant ``index`` and running it with torch."""
     import torch
 
     from nestdnn.nested import load_descendant
     from nestdnn.nestfile import read_manifest
-    from profiles.torch_backend import torch_input
+    from profiles.torch_backend import reference_runner, torch_runner
 
     torch.set_num_threads(threads)
-    x = torch_input(read_manifest(nest_path).input_shape)
+    shape = read_manifest(nest_path).input_shape
     with torch.inference_mode():
-        torch.nn.functional.conv2d(x, torch.ones(2, x.shape[1], 3, 3), padding=1).sum()
-    reset_peak_rss()
-    baseline = status_bytes("VmRSS")
-    model = load_descendant(nest_path, index)
-    with torch.inference_mode():
-        for _ in range(runs):
-            model(x)
-    return MemoryStats(baseline_rss_bytes=baseline, peak_rss_bytes=status_bytes("VmHWM"), runs=runs)
+        reference_runner()()  # thread pools and allocator arenas exist before the baseline
+        return loaded_memory(lambda: torch_runner(load_descendant(nest_path, index), shape),
+                             runs)
 
 
-def tflite_peak(model_path: Path, threads: int, runs: int) -> MemoryStats:
-    """Baseline and peak RSS of loading a TFLite file and invoking it."""
-    from profiles.tflite import tflite_input, tflite_interpreter_class
+def onnxruntime_memory(nest_path: Path, index: int, threads: int, runs: int) -> MemoryStats:
+    """Creating descendant ``index``'s onnxruntime session (graph cached) and running it."""
+    from nestdnn.nestfile import NestFile
+    from profiles.onnxrt import descendant_graphs, load_session, ort_runner
+    from profiles.reference import onnxruntime_reference_runner
 
-    interpreter_class = tflite_interpreter_class()
-    reset_peak_rss()
-    baseline = status_bytes("VmRSS")
-    interpreter = interpreter_class(model_path=str(model_path), num_threads=threads)
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    x = tflite_input(detail)
-    for _ in range(runs):
-        interpreter.set_tensor(detail["index"], x)
-        interpreter.invoke()
-    return MemoryStats(baseline_rss_bytes=baseline, peak_rss_bytes=status_bytes("VmHWM"), runs=runs)
+    onnxruntime_reference_runner(threads)()  # the runtime's thread pool and arena exist
+    with NestFile(nest_path) as nest:
+        graph = descendant_graphs(nest, [index])[0]
+        shape = nest.manifest.input_shape
+        return loaded_memory(lambda: ort_runner(load_session(nest, graph, index, threads),
+                                                shape), runs)
+
+
+def tflite_memory(model_path: Path, threads: int, runs: int) -> MemoryStats:
+    """Loading a TFLite file into an interpreter and invoking it."""
+    from profiles.tflite import tflite_runner
+
+    return loaded_memory(lambda: tflite_runner(model_path, threads), runs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Subprocess entry point: print the MemoryStats of one descendant as JSON."""
     parser = argparse.ArgumentParser(prog="python -m profiles.memory")
-    parser.add_argument("backend", choices=["torch", "tflite"])
-    parser.add_argument("model", type=Path, help="the .nest (torch) or the .tflite file")
-    parser.add_argument("index", type=int, help="descendant index (torch)")
+    parser.add_argument("backend", choices=BACKENDS)
+    parser.add_argument("model", type=Path, help="the .nest (torch, onnxruntime) or .tflite file")
+    parser.add_argument("index", type=int, help="descendant index (torch, onnxruntime)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
     if args.backend == "torch":
-        stats = torch_peak(args.model, args.index, args.threads, args.runs)
+        stats = torch_memory(args.model, args.index, args.threads, args.runs)
+    elif args.backend == "onnxruntime":
+        stats = onnxruntime_memory(args.model, args.index, args.threads, args.runs)
     else:
-        stats = tflite_peak(args.model, args.threads, args.runs)
+        stats = tflite_memory(args.model, args.threads, args.runs)
     print(json.dumps(stats.model_dump()))
     return 0
 

@@ -1,8 +1,9 @@
 """Profiling a ``.nest`` file: accuracy, memory and latency of every descendant, per backend.
 
-Order of work: TFLite conversion (cached), test accuracy (torch), peak RSS (one subprocess per
-descendant and backend, run side by side, since RSS is per process), then latency, one
-backend at a time, with nothing else of ours running.
+Order of work: the onnxruntime graphs and the TFLite conversions (both cached beside the
+file), test accuracy (torch), memory (one subprocess per descendant and backend, run side by
+side, since RSS is per process), then latency, one backend at a time, with nothing else of
+ours running. Every backend's outputs are checked against torch's on a fixed input.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from nestdnn.errors import NestError
 from nestdnn.files import file_sha256
 from nestdnn.nested import load_descendant
-from nestdnn.nestfile import Manifest, read_manifest
+from nestdnn.nestfile import Manifest, NestFile, read_manifest
 from profiles.accuracy import descendant_accuracies, load_test_split
 from profiles.device import ConditionsRecorder, describe_device
-from profiles.latency import LatencySettings, measure_interleaved
+from profiles.latency import LatencySettings, Runner, measure_interleaved
 from profiles.memory import measure_memory
+from profiles.onnxrt import descendant_graphs, load_session, ort_runner
+from profiles.reference import onnxruntime_reference_runner
 from profiles.schema import (
     BACKENDS,
     SCHEMA_VERSION,
@@ -46,7 +49,7 @@ from profiles.torch_backend import reference_runner, torch_runner, torch_threads
 
 log = logging.getLogger(__name__)
 
-TFLITE_TOLERANCE = 1e-3
+BACKEND_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ def profile_nest(
     bar = tqdm(total=0, unit="step", disable=not settings.progress)
     with bar, logging_redirect_tqdm():
         progress = Progress(bar)
+        if "onnxruntime" in settings.backends:
+            _onnxruntime_graphs(nest_path, indices, progress)
         tflite_paths = _tflite_files(nest_path, sha256, indices, settings, progress)
         backends = [b for b in settings.backends if b != "tflite" or tflite_paths]
         test = load_test_split(manifest, dataset, data_dir)
@@ -138,8 +143,9 @@ def profile_nest(
             b: measure_latencies(nest_path, manifest, b, tflite_paths, settings.latency, progress)
             for b in backends
         }
-    if tflite_paths:
-        check_tflite_matches_torch(nest_path, manifest, tflite_paths)
+    for backend in backends:
+        if backend != "torch":
+            check_matches_torch(nest_path, manifest, backend, tflite_paths)
     return Profile(
         schema_version=SCHEMA_VERSION,
         model=ModelId(file=nest_path.name, sha256=sha256, arch=manifest.arch.arch),
@@ -166,6 +172,13 @@ def profile_nest(
             for k, d in enumerate(manifest.descendants)
         ],
     )
+
+
+def _onnxruntime_graphs(nest_path: Path, indices: Sequence[int], progress: Progress) -> None:
+    """Build (once, cached beside the file) the weightless graphs onnxruntime runs."""
+    stage = progress.stage(len(indices), "onnxruntime graphs")
+    with NestFile(nest_path) as nest:
+        descendant_graphs(nest, indices, stage.step)
 
 
 def _tflite_files(
@@ -202,7 +215,7 @@ def measure_memories(
     threads = settings.latency.threads
 
     def one(backend: Backend, k: int) -> MemoryStats:
-        path = nest_path if backend == "torch" else tflite_paths[k]
+        path = tflite_paths[k] if backend == "tflite" else nest_path
         stats = measure_memory(backend, path, k, threads, settings.memory_runs)
         step()
         return stats
@@ -225,39 +238,48 @@ def measure_latencies(
     after_round = progress.stage(settings.rounds, f"latency {backend}").step if progress else None
     recorder = ConditionsRecorder()
     with torch_threads(settings.threads), torch.inference_mode():
-        if backend == "torch":
-            runners = [
-                torch_runner(load_descendant(nest_path, d.index), manifest.input_shape)
-                for d in manifest.descendants
-            ]
-        elif tflite_paths is None:
-            raise NestError("the tflite backend needs the converted descendants")
-        else:
-            runners = [tflite_runner(p, settings.threads) for p in tflite_paths]
+        runners = descendant_runners(nest_path, manifest, backend, tflite_paths, settings.threads)
+        reference = (onnxruntime_reference_runner(settings.threads)
+                     if backend == "onnxruntime" else reference_runner())
         recorder.start()
-        *latencies, reference = measure_interleaved(
-            [*runners, reference_runner()], settings, after_round
+        *latencies, reference_stats = measure_interleaved(
+            [*runners, reference], settings, after_round
         )
-    return Measured(latencies=latencies, conditions=recorder.finish(reference))
+    return Measured(latencies=latencies, conditions=recorder.finish(reference_stats))
 
 
-def check_tflite_matches_torch(
-    nest_path: Path, manifest: Manifest, tflite_paths: Sequence[Path]
-) -> None:
-    """Warn when a TFLite conversion's output differs from torch's on the fixed input."""
-    for d, path in zip(manifest.descendants, tflite_paths, strict=True):
-        with torch.inference_mode():
+def descendant_runners(nest_path: Path, manifest: Manifest, backend: Backend,
+                       tflite_paths: Sequence[Path] | None, threads: int) -> list[Runner]:
+    """One batch-1 runner per descendant on ``backend`` (torch ones under inference mode)."""
+    shape = manifest.input_shape
+    if backend == "torch":
+        return [torch_runner(load_descendant(nest_path, d.index), shape)
+                for d in manifest.descendants]
+    if backend == "onnxruntime":
+        with NestFile(nest_path) as nest:
+            indices = [d.index for d in manifest.descendants]
+            graphs = descendant_graphs(nest, indices)
+            return [ort_runner(load_session(nest, graph, k, threads), shape)
+                    for k, graph in zip(indices, graphs, strict=True)]
+    if tflite_paths is None:
+        raise NestError("the tflite backend needs the converted descendants")
+    return [tflite_runner(p, threads) for p in tflite_paths]
+
+
+def check_matches_torch(nest_path: Path, manifest: Manifest, backend: Backend,
+                        tflite_paths: Sequence[Path] | None) -> None:
+    """Warn when a backend's output differs from torch's on the fixed input."""
+    with torch.inference_mode():
+        runners = descendant_runners(nest_path, manifest, backend, tflite_paths, threads=1)
+        for d, run in zip(manifest.descendants, runners, strict=True):
             expected = torch_runner(load_descendant(nest_path, d.index), manifest.input_shape)()
-        got = tflite_runner(path, threads=1)()
-        diff = float(np.max(np.abs(np.asarray(got) - expected.numpy())))
-        scale = max(1.0, float(expected.abs().max()))
-        if diff > TFLITE_TOLERANCE * scale:
-            log.warning(
-                "TFLite descendant %d differs from torch by up to %.3g (outputs up to %.3g):"
-                " check the conversion",
-                d.index,
-                diff,
-                scale,
-            )
-        else:
-            log.info("TFLite descendant %d matches torch (max abs diff %.2g)", d.index, diff)
+            got = run()
+            got = got[0] if isinstance(got, list) else got
+            diff = float(np.max(np.abs(np.asarray(got) - expected.numpy())))
+            scale = max(1.0, float(expected.abs().max()))
+            if diff > BACKEND_TOLERANCE * scale:
+                log.warning("%s descendant %d differs from torch by up to %.3g (outputs up to"
+                            " %.3g): check the conversion", backend, d.index, diff, scale)
+            else:
+                log.info("%s descendant %d matches torch (max abs diff %.2g)", backend,
+                         d.index, diff)

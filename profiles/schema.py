@@ -37,9 +37,11 @@ from nestdnn.errors import NestError, validation_message
 from nestdnn.files import atomic_write
 
 SCHEMA_VERSION = 1
-Backend = Literal["torch", "tflite"]
-BACKENDS: tuple[Backend, ...] = ("torch", "tflite")
-MemoryKind = Literal["weights", "peak_rss"]
+Backend = Literal["onnxruntime", "torch", "tflite"]
+BACKENDS: tuple[Backend, ...] = ("onnxruntime", "torch", "tflite")
+DEFAULT_BACKEND: Backend = "onnxruntime"
+"""The daemon's default: the fastest measured here, and it needs no torch (docs/runtime.md)."""
+MemoryKind = Literal["weights", "resident", "peak_rss"]
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
@@ -67,6 +69,7 @@ class Device(BaseModel):
     torch: str
     numpy: str
     tflite_runtime: str | None = Field(description="TFLite runtime package and version.")
+    onnxruntime: str | None = Field(default=None, description="onnxruntime version.")
 
 
 class DatasetInfo(BaseModel):
@@ -107,6 +110,10 @@ class MemoryStats(BaseModel):
     baseline_rss_bytes: int = Field(ge=1, description="VmRSS with the runtime loaded, warm.")
     peak_rss_bytes: int = Field(ge=1, description="VmHWM after loading and running.")
     runs: int = Field(ge=1, description="Inferences run before reading the peak.")
+    resident_bytes: int | None = Field(
+        default=None, ge=0,
+        description="VmRSS growth that stays while the loaded descendant is kept (after the"
+        " runs and a garbage collection): what holding it costs. Null in older profiles.")
 
     @model_validator(mode="after")
     def _peak_not_below_baseline(self) -> MemoryStats:
@@ -274,21 +281,31 @@ def descendant_table(
 ) -> list[DescendantCost]:
     """Per descendant (smallest first): accuracy, memory in bytes and median batch-1 latency.
 
-    ``memory="weights"`` gives the descendant's resident weight bytes (what a model manager
-    accounts for a loaded descendant); ``memory="peak_rss"`` gives the measured extra peak
-    RSS of loading and running it on ``backend``. Latency is the median on ``backend`` with
-    the profile's thread count. Feed the columns to the scheduler, e.g.
+    ``memory="weights"`` gives the descendant's fp32 weight bytes; ``memory="resident"`` the
+    resident memory measured for holding it loaded on ``backend`` (what a model manager
+    accounts; the weight bytes where a profile predates that measurement);
+    ``memory="peak_rss"`` the measured extra peak RSS of loading and running it. Latency is
+    the median on ``backend`` with the profile's thread count. Feed the columns to the
+    scheduler, e.g.
     ``App.from_columns(name, *zip(*descendant_table(p, "torch")), target_latency_s=...)``.
     """
     figures = profile.backend(backend)
     return [
         DescendantCost(
             accuracy=d.accuracy,
-            memory_bytes=d.bytes if memory == "weights" else f.memory.delta_bytes,
+            memory_bytes=_memory_bytes(d, f, memory),
             latency_s=f.latency.median_s,
         )
         for d, f in zip(profile.descendants, figures, strict=True)
     ]
+
+
+def _memory_bytes(d: DescendantProfile, figures: BackendProfile, kind: MemoryKind) -> int:
+    if kind == "peak_rss":
+        return figures.memory.delta_bytes
+    if kind == "resident" and figures.memory.resident_bytes is not None:
+        return figures.memory.resident_bytes
+    return d.bytes
 
 
 def load_profile(path: str | Path) -> Profile:

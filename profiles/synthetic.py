@@ -37,6 +37,7 @@ from profiles.schema import (
 from profiles.tflite import converted_descendants
 
 SYNTHETIC_DATASET = "synthetic (random weights; accuracies assigned, not measured)"
+SYNTHETIC_BACKENDS: tuple[Backend, ...] = ("onnxruntime", "torch")
 
 
 def write_synthetic_nest(
@@ -73,7 +74,7 @@ def write_synthetic_nest(
 def write_synthetic_profile(
     nest_path: Path,
     *,
-    backends: Sequence[Backend] = ("torch",),
+    backends: Sequence[Backend] = SYNTHETIC_BACKENDS,
     threads: int = 1,
     latency: LatencySettings | None = None,
     measure_rss: bool = False,
@@ -95,7 +96,8 @@ def write_synthetic_profile(
         memory = measure_memories(nest_path, indices, backends, flatbuffers, settings,
                                   Progress(tqdm(total=0, disable=True)))
     else:
-        memory = {b: [MemoryStats(baseline_rss_bytes=1, peak_rss_bytes=1 + size, runs=1)
+        memory = {b: [MemoryStats(baseline_rss_bytes=1, peak_rss_bytes=1 + size, runs=1,
+                                  resident_bytes=size)
                       for size in _loaded_sizes(manifest, b, flatbuffers)] for b in backends}
     profile = Profile(
         schema_version=SCHEMA_VERSION,
@@ -123,14 +125,14 @@ def write_synthetic_profile(
 
 def _loaded_sizes(manifest: Manifest, backend: Backend,
                   flatbuffers: Sequence[Path] | None) -> list[int]:
-    """Bytes a descendant occupies when loaded: fp32 weights, or the flatbuffer's size."""
+    """Bytes a descendant occupies when loaded (unmeasured): fp32 weights, or the flatbuffer."""
     if backend == "tflite" and flatbuffers is not None:
         return [path.stat().st_size for path in flatbuffers]
     return [d.bytes for d in manifest.descendants]
 
 
 def synthetic_models_dir(directory: Path, names: Sequence[str], *, seed: int = 0,
-                         backends: Sequence[Backend] = ("torch",),
+                         backends: Sequence[Backend] = SYNTHETIC_BACKENDS,
                          measure_rss: bool = False) -> Path:
     """Write one synthetic model + profile per name, of growing sizes, into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -1,22 +1,23 @@
 """The TFLite backend: the runtime's interpreter and the conversion cache (no torch import).
 
 TFLite models are converted from the ``.nest`` through ``nestdnn.export`` (litert-torch) and
-cached next to it, keyed by the ``.nest``'s content hash:
-``MODEL.nest.tflite/<sha256[:16]>/d{k}.tflite``. A cache of another hash (an older version of
-the file) is removed when a new one is written.
+cached next to it, keyed by the ``.nest``'s content hash (`nestdnn.derived.DerivedCache`:
+``MODEL.nest.tflite/<sha256[:16]>/d{k}.tflite`` with an index of their hashes; a corrupt file
+or one of another version of the `.nest` is converted again, never used).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nestdnn.derived import DerivedCache
 from nestdnn.errors import NestError
 from profiles.latency import Runner, fixed_input
 
@@ -68,31 +69,30 @@ def tflite_input(detail: dict[str, Any]) -> np.ndarray:
     return fixed_input(shape[1:]).astype(detail["dtype"])
 
 
-def tflite_cache_dir(nest_path: Path, sha256: str) -> Path:
-    """Where the TFLite conversions of this version of ``nest_path`` are kept."""
-    return nest_path.with_name(nest_path.name + ".tflite") / sha256[:16]
-
-
 def converted_descendants(
     nest_path: Path,
     sha256: str,
     indices: Sequence[int],
     after_each: Callable[[], None] | None = None,
 ) -> list[Path]:
-    """TFLite files of the given descendants, converting (atomically) the ones not cached yet."""
+    """TFLite files of the given descendants, converted where the cache has no valid one."""
     tflite_interpreter_class()  # fail before a long conversion if nothing could run it
-    cache = tflite_cache_dir(nest_path, sha256)
-    targets = [cache / f"d{k}.tflite" for k in indices]
-    export = _tflite_exporter() if not all(t.is_file() for t in targets) else None
-    cache.mkdir(parents=True, exist_ok=True)
-    for k, target in zip(indices, targets, strict=True):
-        if export is not None and not target.is_file():
+    cache = DerivedCache(nest_path, sha256, "tflite", ".tflite")
+    missing = [k for k in indices if cache.get(k) is None]
+    export = _tflite_exporter() if missing else None
+    for k in indices:
+        if export is not None and k in missing:
             log.info("converting descendant %d of %s to TFLite", k, nest_path.name)
-            export(nest_path, k, "tflite", target)
+            cache.get_or_build(k, lambda k: _converted(export, nest_path, k))
         if after_each is not None:
             after_each()
-    _remove_stale_caches(cache)
-    return targets
+    return [cache.path(k) for k in indices]
+
+
+def _converted(export: Callable[[Path, int, str, Path], Path], nest_path: Path, k: int) -> bytes:
+    """Descendant ``k`` converted to a flatbuffer (through a temporary file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return export(nest_path, k, "tflite", Path(tmp) / f"d{k}.tflite").read_bytes()
 
 
 def _tflite_exporter() -> Callable[[Path, int, str, Path], Path]:
@@ -104,11 +104,3 @@ def _tflite_exporter() -> Callable[[Path, int, str, Path], Path]:
     from nestdnn.export import export_descendant
 
     return export_descendant
-
-
-def _remove_stale_caches(current: Path) -> None:
-    """Delete conversions of other versions of the same ``.nest`` file."""
-    for sibling in current.parent.iterdir():
-        if sibling.is_dir() and sibling != current:
-            log.info("removing stale TFLite cache %s", sibling)
-            shutil.rmtree(sibling, ignore_errors=True)

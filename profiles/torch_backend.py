@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from profiles.latency import Runner, fixed_input
+from profiles.reference import INPUT_SHAPE as REFERENCE_INPUT_SHAPE
+from profiles.reference import POOL_AFTER, reference_weights
 
 
 @contextmanager
@@ -39,23 +41,16 @@ def torch_runner(model: nn.Module, shape: Sequence[int]) -> Runner:
     return run
 
 
-REFERENCE_INPUT_SHAPE = (1, 28, 28)
-
-
 def reference_runner() -> Runner:
-    """The machine's yardstick: a fixed, seeded conv stack (about 5.5 M MACs on 1x28x28).
-
-    Timed in the same rounds as a backend's descendants, its median says how fast the
-    machine was while they were measured, so latencies measured at different times can be
-    compared as ratios to it. Call it under ``torch_threads`` and ``torch.inference_mode()``.
-    """
-    generator = torch.Generator().manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-    )  # fmt: skip
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
-    return torch_runner(model, REFERENCE_INPUT_SHAPE)
+    """The reference stack (`profiles.reference`) in torch; call it under ``torch_threads``
+    and ``torch.inference_mode()``."""
+    layers: list[nn.Module] = []
+    for i, (weight, bias) in enumerate(reference_weights()):
+        conv = nn.Conv2d(weight.shape[1], weight.shape[0], 3, padding=1)
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(weight))
+            conv.bias.copy_(torch.from_numpy(bias))
+        layers += [conv, nn.ReLU()]
+        if i == POOL_AFTER:
+            layers.append(nn.MaxPool2d(2))
+    return torch_runner(nn.Sequential(*layers), REFERENCE_INPUT_SHAPE)

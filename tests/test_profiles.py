@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from nestdnn.data import SyntheticConfig, load_dataset
+from nestdnn.derived import DerivedCache
 from nestdnn.errors import NestError
 from nestdnn.models import build_from_config, build_model, default_widths, prefix_state_dict
 from nestdnn.nested import load_descendant
@@ -25,7 +26,7 @@ from profiles.latency import LatencySettings
 from profiles.memory import measure_memory
 from profiles.profiler import ProfileSettings, profile_nest
 from profiles.schema import Profile, load_profile
-from profiles.tflite import BackendUnavailable, converted_descendants, tflite_cache_dir
+from profiles.tflite import BackendUnavailable, converted_descendants
 
 ARCH, INPUT_SIZE, CHANNELS, CLASSES = "vgg11", 16, 1, 4
 MEAN, STD = [0.5], [0.25]
@@ -211,6 +212,10 @@ def test_unconvertible_tflite_is_skipped_with_a_message_and_torch_still_written(
         profile_nest(nest, None, None, replace(settings, backends=("tflite",)))
 
 
+def tflite_cache(nest: Path, sha256: str) -> DerivedCache:
+    return DerivedCache(nest, sha256, "tflite", ".tflite")
+
+
 def test_tflite_conversions_are_cached_by_content_hash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -226,12 +231,12 @@ def test_tflite_conversions_are_cached_by_content_hash(
     nest = tmp_path / "m.nest"
     first = converted_descendants(nest, "a" * 64, [0, 1])
     assert exported == [0, 1]
-    assert first == [tflite_cache_dir(nest, "a" * 64) / f"d{k}.tflite" for k in (0, 1)]
+    assert first == [tflite_cache(nest, "a" * 64).path(k) for k in (0, 1)]
     assert converted_descendants(nest, "a" * 64, [0, 1]) == first
     assert exported == [0, 1]
     converted_descendants(nest, "b" * 64, [0])
     assert exported == [0, 1, 0]
-    assert not tflite_cache_dir(nest, "a" * 64).exists()
+    assert not tflite_cache(nest, "a" * 64).directory.exists()
 
 
 def test_conversion_without_litert_torch_is_backend_unavailable(
@@ -255,7 +260,7 @@ def test_tflite_profile_of_converted_descendants(tmp_path: Path) -> None:
         figures = d.backends["tflite"]
         assert 0 < figures.latency.median_s <= figures.latency.p90_s
         assert figures.memory.peak_rss_bytes >= figures.memory.baseline_rss_bytes
-    cached = [tflite_cache_dir(nest, profile.model.sha256) / f"d{k}.tflite" for k in (0, 1)]
+    cached = [tflite_cache(nest, profile.model.sha256).path(k) for k in (0, 1)]
     assert all(path.stat().st_size > 0 for path in cached)
 
 

@@ -36,6 +36,7 @@ def backend_entry(k: int) -> dict[str, Any]:
             "baseline_rss_bytes": 300_000_000,
             "peak_rss_bytes": 300_000_000 + 1_000_000 * (k + 1),
             "runs": 5,
+            "resident_bytes": 600_000 * (k + 1),
         },
     }
 
@@ -54,6 +55,7 @@ def profile_dict(count: int = 3, backends: tuple[str, ...] = ("torch", "tflite")
             "torch": "2.14.1",
             "numpy": "2.4.6",
             "tflite_runtime": "tflite-runtime 2.14.0",
+            "onnxruntime": "1.32.0",
         },
         "created": NOW,
         "dataset": {"name": "fashion-mnist", "test_size": 10000},

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from nestdnn.errors import NestError
 from nestdnn.nestfile import NestFile
+from profiles.schema import DEFAULT_BACKEND
 from profiles.synthetic import synthetic_models_dir
 from scheduler.daemon import (
     AppSpec,
@@ -72,7 +73,7 @@ def frame_for(catalogue: ModelCatalogue, model: str) -> np.ndarray:
 
 
 def sizes(catalogue: ModelCatalogue, model: str) -> list[int]:
-    return [d.memory_bytes for d in catalogue.entries[model].profiled("torch")]
+    return [d.memory_bytes for d in catalogue.entries[model].profiled(DEFAULT_BACKEND)]
 
 
 @dataclass
@@ -384,7 +385,7 @@ def test_bad_requests_are_refused_with_clear_errors(
 def test_min_accuracy_limits_the_descendants_an_app_may_get(
     catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime]
 ) -> None:
-    cam = catalogue.entries["cam"].profiled("torch")
+    cam = catalogue.entries["cam"].profiled(DEFAULT_BACKEND)
     rt = make_runtime(sum(sizes(catalogue, "cam")))
     info = rt.register(AppSpec(model="cam", fps=1.0, min_accuracy=cam[1].accuracy))
     assert info.descendant >= 1
@@ -426,7 +427,7 @@ def test_a_request_in_flight_finishes_on_its_descendant_and_one_sent_mid_switch_
         if "in place" in why and not mid_switch:
             mid_switch.append(live["rt"].submit(live["app"], live["frame"]))
 
-    rt = make_runtime(cam[2] + cam[1], ledger=submit_mid_switch)
+    rt = make_runtime(cam[2] + cam[1], ledger=submit_mid_switch, backend="torch")
     app = rt.register(AppSpec(model="cam", target_latency_s=10.0))
     assert app.descendant == 2
     frame = frame_for(catalogue, "cam")
@@ -633,7 +634,7 @@ def test_the_runtime_makes_the_simulators_decisions_on_the_same_trace(
 ) -> None:
     """Same apps, same events, same switch-aware re-solve: the applied plans (descendants
     and shares) equal the simulator's after every event, for NestDNN and the baseline."""
-    tables = {m: catalogue.entries[m].profiled("torch") for m in MODELS}
+    tables = {m: catalogue.entries[m].profiled(DEFAULT_BACKEND) for m in MODELS}
     models = {"a": "cam", "b": "mic", "c": "cam", "d": "mic"}
     steps = [("start", "a"), ("start", "b"), ("start", "c"), ("stop", "a"), ("start", "d"),
              ("stop", "b")]

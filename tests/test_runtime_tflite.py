@@ -24,26 +24,26 @@ HAVE_CONVERTER = importlib.util.find_spec("litert_torch") is not None
 
 
 def with_copied_tflite_figures(profile_path: Path) -> None:
-    """Give a torch-only profile tflite entries (torch's figures: enough to reach conversion)."""
+    """Give a profile without tflite figures torch's as tflite's (enough to reach conversion)."""
     profile = load_profile(profile_path)
     descendants = [d.model_copy(update={"backends": {**d.backends, "tflite": d.backends["torch"]}})
                    for d in profile.descendants]
     save_profile(profile.model_copy(update={
-        "backends": ["torch", "tflite"],
+        "backends": [*profile.backends, "tflite"],
         "conditions": {**profile.conditions, "tflite": profile.conditions["torch"]},
         "descendants": descendants,
     }), profile_path)
 
 
 @pytest.fixture(scope="module")
-def torch_only_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def models_without_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthetic_models_dir(tmp_path_factory.mktemp("models"), ["cam"])
 
 
 @pytest.fixture
-def models(torch_only_models: Path, tmp_path: Path) -> Path:
+def models(models_without_tflite: Path, tmp_path: Path) -> Path:
     """A fresh copy (no conversion cache beside it)."""
-    return Path(shutil.copytree(torch_only_models, tmp_path / "models"))
+    return Path(shutil.copytree(models_without_tflite, tmp_path / "models"))
 
 
 def test_without_the_converter_the_tflite_backend_fails_at_start_with_a_clear_error(

@@ -62,10 +62,10 @@ class CatalogueEntry:
         return self.nest.sha256
 
     def profiled(self, backend: Backend) -> list[Descendant]:
-        """A(d), M(d) (resident weight bytes) and L(d) (median latency on ``backend``)."""
+        """A(d), M(d) (resident bytes on ``backend``) and L(d) (its median latency there)."""
         return [Descendant(accuracy=c.accuracy, memory_bytes=c.memory_bytes,
                            latency_s=c.latency_s)
-                for c in descendant_table(self.profile, backend)]
+                for c in descendant_table(self.profile, backend, memory="resident")]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nestdnn.errors import NestError
-from profiles.schema import BACKENDS, Backend
+from profiles.schema import BACKENDS, DEFAULT_BACKEND, Backend
 from scheduler.daemon.executor import Overflow
 from scheduler.problem import METHODS, POLICIES, Method, Policy
 
@@ -110,7 +110,7 @@ class RuntimeSettings:
     policy: Policy = "min-total-cost"
     method: Method = "exact"
     alpha: float = 1.0
-    backend: Backend = "torch"
+    backend: Backend = DEFAULT_BACKEND
     state_dir: Path | None = None
     queue_size: int = 4
     threads: int = 1
