@@ -1,7 +1,7 @@
 # nestdnn: `make demo` runs the main job end to end, `make test` runs the test suite.
-# Both create .venv if missing and install the project with its extras (idempotent).
-# `make test EXTRAS=dev,export` also installs litert-torch, so the TFLite conversion tests run
-# instead of skipping (adds ~5 minutes of installation).
+# Both create .venv if missing and install the project with every extra (idempotent): the
+# device install (`pip install nestdnn`, serving only) plus train, tflite, export and the test
+# tools, so that every path, the TFLite conversion included, is tested here.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

@@ -57,10 +57,21 @@ COMMANDS = (
 )
 
 
+EXTRAS: dict[str, str] = {
+    "torch": "train", "torchvision": "train", "tqdm": "train", "matplotlib": "train",
+    "litert_torch": "export", "tflite_runtime": "tflite", "ai_edge_litert": "tflite",
+}
+"""Top-level packages of the optional installs, and the extra that brings each: the device
+install (`pip install nestdnn`) serves models; training stages need `nestdnn[train]`."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `nestdnn` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, handlers = build_parser(_chosen_command(argv))
+    try:
+        parser, handlers = build_parser(_chosen_command(argv))
+    except ModuleNotFoundError as e:
+        return _fail(_missing_extra(e, _chosen_command(argv)))
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2)
@@ -71,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except NestError as e:
         return _fail(str(e))
+    except ModuleNotFoundError as e:
+        return _fail(_missing_extra(e, args.command))
     except OSError as e:  # unwritable output, full disk, ...: the user's environment
         return _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
     except KeyboardInterrupt:
@@ -114,6 +127,17 @@ def _load_stage(cmd: Command) -> tuple[Configure, Run]:
     """`configure_<name>` and `run_<name>` from the command's module (imported now)."""
     module = importlib.import_module(cmd.module)
     return getattr(module, f"configure_{cmd.name}"), getattr(module, f"run_{cmd.name}")
+
+
+def _missing_extra(error: ModuleNotFoundError, command: str | None) -> str:
+    """The one-line answer to a package that is not installed: the extra that brings it, or
+    the error itself (re-raised) when it is not an optional package of ours."""
+    package = (error.name or "").split(".")[0]
+    extra = EXTRAS.get(package)
+    if extra is None:
+        raise error
+    return (f"'nestdnn {command}' needs {package}, which this install lacks:"
+            f" pip install 'nestdnn[{extra}]'")
 
 
 def _setup_logging(verbosity: int) -> None:
