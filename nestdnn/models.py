@@ -112,7 +112,7 @@ class NestNet(ModuleTree):
         return {key: spec.axes for key, spec in self.graph.state().items()}
 
     def producers(self) -> dict[str, list[str]]:
-        """For every group, the names of the convs whose output channels are that group."""
+        """For every group, the convs (and hidden linears) whose outputs are that group."""
         return self.graph.producers()
 
     def norms(self) -> dict[str, list[str]]:
@@ -120,7 +120,8 @@ class NestNet(ModuleTree):
         return self.graph.norms()
 
     def response_modules(self) -> dict[str, list[nn.Module]]:
-        """For every group, the modules whose outputs are the group's post-BN post-ReLU maps."""
+        """For every group, the modules whose outputs are the group's post-BN post-ReLU maps
+        (post-BN in a linear bottleneck, which has no activation)."""
         return {group: [self.get_submodule(name) for name in names]
                 for group, names in self.graph.responses().items()}
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
+from torch.utils.data import TensorDataset
 
+from nestdnn.arch import model_graph
 from nestdnn.errors import NestError
 from nestdnn.models import (
     ARCHS,
@@ -15,9 +19,16 @@ from nestdnn.models import (
     build_model,
     default_widths,
     full_widths,
+    prefix_state_dict,
 )
+from nestdnn.nested import load_descendant
+from nestdnn.nestfile import NestDescendant, NestMeta, write_nest
+from pruning.importance import L1, TRR
+from pruning.prune import channels_to_keep
+from recovery.freeze import Freezer
 
-SMALL_ARCHS = ["vgg11", "vgg16", "resnet20", "resnet18", "resnet50"]
+SMALL_ARCHS = ["vgg11", "vgg16", "resnet20", "resnet18", "resnet50", "mobilenetv2"]
+ROUND_TRIP_ARCHS = ["vgg11", "resnet20", "resnet50", "mobilenetv2"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -30,7 +41,7 @@ def test_every_family_runs_forward(arch: str, in_channels: int, size: int) -> No
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("arch", ["vgg11", "resnet20", "resnet18", "resnet50"])
+@pytest.mark.parametrize("arch", ["vgg11", "resnet20", "resnet18", "resnet50", "mobilenetv2"])
 def test_imagenet_input_size_runs(arch: str) -> None:
     model = build_model(arch, input_size=224, width_mult=0.0625).eval()
     assert model(torch.randn(1, 3, 224, 224)).shape == (1, 10)
@@ -104,16 +115,18 @@ def test_config_round_trip(arch: str) -> None:
 
 
 def _mask_channels(model: NestNet, removed: dict[str, torch.Tensor]) -> None:
-    """Zero the removed channels at the output of every BN of their group, in place."""
+    """Silence the removed channels in place: zero their filters (and biases) in every
+    producer of their group and their scale and shift in every batch norm over it."""
     modules = dict(model.named_modules())
-    for group, bn_names in model.norms().items():
-        for name in bn_names:
+    for group, names in model.producers().items():
+        for name in names + model.norms()[group]:
             with torch.no_grad():
                 modules[name].weight[removed[group]] = 0
-                modules[name].bias[removed[group]] = 0
+                if modules[name].bias is not None:
+                    modules[name].bias[removed[group]] = 0
 
 
-@pytest.mark.parametrize("arch", ["vgg11", "resnet20", "resnet50"])
+@pytest.mark.parametrize("arch", ["vgg11", "resnet20", "resnet50", "mobilenetv2"])
 def test_extract_equals_masking_in_the_larger_model(arch: str) -> None:
     torch.manual_seed(0)
     model = build_model(arch, in_channels=3, input_size=32, width_mult=0.25)
@@ -160,3 +173,112 @@ def test_bad_arch_and_widths_are_clear_errors() -> None:
         build_model("vgg11", widths={group: 8})
     with pytest.raises(NestError, match="missing num_classes, input_size, widths"):
         ModelConfig.from_dict({"arch": "vgg11", "in_channels": 3})
+
+
+# ------------------------------------------------------------------------- MobileNetV2
+
+
+def test_mobilenetv2_groups_follow_the_blocks() -> None:
+    model = build_model("mobilenetv2", input_size=32)
+    producers, responses = model.producers(), model.graph.responses()
+    # block 1 expands by 1: its depthwise conv works on the stem's channels
+    assert producers["features.0"] == ["features.0.0", "features.1.conv.0.0"]
+    # a hidden group: the expansion conv and the depthwise conv on its channels
+    assert producers["features.5.conv.0"] == ["features.5.conv.0.0", "features.5.conv.1.0"]
+    assert responses["features.5.conv.0"] == ["features.5.conv.0.2", "features.5.conv.1.2"]
+    # a stage: every block's projection, coupled by the residual adds; linear bottlenecks
+    assert producers["stage3"] == [f"features.{n}.conv.2" for n in (4, 5, 6)]
+    assert responses["stage3"] == [f"features.{n}.conv.3" for n in (4, 5, 6)]
+    assert producers["features.18"] == ["features.18.0"]
+    axes = model.param_axes()
+    assert axes["features.5.conv.1.0.weight"] == ("features.5.conv.0", None, None, None)
+    assert axes["features.5.conv.2.weight"] == ("stage3", "features.5.conv.0", None, None)
+    assert axes["classifier.1.weight"] == (None, "features.18")
+    groups = model.groups()
+    assert groups["features.5.conv.0"] == 6 * groups["stage3"]
+    assert sum(g.startswith("stage") for g in groups) == 7
+
+
+@pytest.mark.parametrize(("size", "last_map"), [(28, 4), (32, 4), (64, 2), (224, 7)])
+def test_mobilenetv2_strides_are_cifar_style_below_64(size: int, last_map: int) -> None:
+    graph = model_graph(ModelConfig("mobilenetv2", 3, 10, size,
+                                    default_widths("mobilenetv2", size, 0.25)))
+    last_conv = next(n for n in graph.nodes if getattr(n, "name", "") == "features.18.0")
+    assert graph.shapes()[last_conv.output].height == last_map
+
+
+@pytest.mark.parametrize("width_mult", [1.0, 0.5])
+def test_mobilenetv2_has_torchvisions_layout(width_mult: float) -> None:
+    ours = build_model("mobilenetv2", input_size=224, num_classes=1000, width_mult=width_mult)
+    # strict: the same names and shapes, torchvision's width rounding included
+    ours.load_state_dict(torchvision.models.mobilenet_v2(width_mult=width_mult).state_dict())
+    assert ours.groups()["features.18"] == 1280
+
+
+# ---------------------------------------------------------------- prune / grow round trip
+
+
+def _busy_batch_norms(model: NestNet, size: int) -> None:
+    """Give every batch norm running statistics of its own (train-mode forward passes)."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, 3, size, size))
+    model.eval()
+
+
+def _complement(kept: torch.Tensor, width: int) -> torch.Tensor:
+    """The channels of a group of ``width`` that ``kept`` leaves out, ascending."""
+    dropped = torch.ones(width, dtype=torch.bool)
+    dropped[kept] = False
+    return torch.nonzero(dropped).flatten()
+
+
+def _train_frozen(model: NestNet, freezer: Freezer, data: TensorDataset) -> None:
+    """Two SGD steps with the freezer's blocks restored after each, as recovery trains."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    images, labels = data.tensors
+    model.train()
+    for _ in range(2):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images[:16]), labels[:16]).backward()
+        optimizer.step()
+        freezer.restore()
+    freezer.release()
+    model.eval()
+
+
+@pytest.mark.parametrize("arch", ROUND_TRIP_ARCHS)
+def test_prune_grow_round_trip_keeps_shapes_and_nesting(arch: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch, in_channels=3, num_classes=4, input_size=32, width_mult=0.25)
+    _busy_batch_norms(model, 32)
+    data = TensorDataset(torch.randn(48, 3, 32, 32), torch.arange(48) % 4)
+    groups = model.groups()
+    # prune: both criteria score every channel of every group
+    trr, l1 = TRR(triplets=6).scores(model, data), L1().scores(model, data)
+    for scores in (trr, l1):
+        assert {g: s.shape for g, s in scores.items()} == {g: (w,) for g, w in groups.items()}
+        assert all(s.abs().sum() > 0 for s in scores.values())
+    keep = {g: channels_to_keep(trr[g], max(1, w // 2)) for g, w in groups.items()}
+    small = model.extract(keep).eval()
+    assert small.groups() == {g: max(1, w // 2) for g, w in groups.items()}
+    # grow: the full model in level order (kept channels first), the small block frozen
+    level_order = {g: torch.cat([keep[g], _complement(keep[g], w)]) for g, w in groups.items()}
+    big = model.extract(level_order)
+    _train_frozen(big, Freezer(big, small.groups()), data)
+    assert big.groups() == groups
+    nested = [k for k, t in small.state_dict().items() if t.dim() >= 2]
+    prefix = prefix_state_dict(big.state_dict(), big.param_axes(), small.groups())
+    assert all(torch.equal(prefix[k], small.state_dict()[k]) for k in nested)
+    before = model.extract(level_order).state_dict()
+    assert any(not torch.equal(big.state_dict()[k], before[k]) for k in nested)  # it grew
+    # the two descendants nest in a .nest file and load back unchanged
+    path = tmp_path / "model.nest"
+    write_nest(path, [NestDescendant(m.state_dict(), m.config, 0.5 + k / 4)
+                      for k, m in enumerate((small, big))],
+               NestMeta("synthetic", [f"c{i}" for i in range(4)], [0.5] * 3, [0.25] * 3))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        for k, expected in enumerate((small, big)):
+            assert torch.equal(load_descendant(path, k)(x), expected(x))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from nestdnn.arch import resnet, vgg  # noqa: F401 (each module registers its family)
+from nestdnn.arch import mobilenet, resnet, vgg  # noqa: F401 (each module registers its family)
 from nestdnn.arch.config import ModelConfig
 from nestdnn.arch.graph import INPUT, Graph, GroupAxes, TensorSpec
 from nestdnn.arch.registry import Family, get_family, list_archs, register_family
@@ -44,9 +44,13 @@ def full_widths(arch: str, input_size: int) -> dict[str, int]:
 
 
 def default_widths(arch: str, input_size: int, width_mult: float = 1.0) -> dict[str, int]:
-    """Every group's full width scaled by ``width_mult`` (rounded, at least 1)."""
+    """The widths at ``width_mult``: the family's own rule if it has one, else every group's
+    full width scaled (rounded, at least 1)."""
     if not 0 < width_mult <= 1:
         raise NestError(f"width_mult must be in (0, 1], got {width_mult}")
+    family = get_family(arch)
+    if family.scale_widths is not None:
+        return family.scale_widths(arch, input_size, width_mult)
     return {g: max(1, math.floor(w * width_mult + 0.5))
             for g, w in full_widths(arch, input_size).items()}
 

@@ -58,11 +58,16 @@ class Conv(Node):
 
 @dataclass(frozen=True)
 class BatchNorm(Node):
-    """Batch normalisation over ``group``'s channels (eps 1e-5, momentum 0.1)."""
+    """Batch normalisation over ``group``'s channels (eps 1e-5, momentum 0.1).
+
+    ``response`` names the group whose response this is when no activation follows (a linear
+    bottleneck's output: MobileNetV2's projections); None for the usual conv-BN-ReLU.
+    """
 
     name: str
     group: str
     eps: float = 1e-5
+    response: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,19 +188,23 @@ class Graph:
         return shapes
 
     def responses(self) -> dict[str, list[str]]:
-        """For every group, the activation nodes (module names) whose output is its response."""
+        """For every group, the modules whose output is its response (TRR hooks them).
+
+        These are activations and, in a linear bottleneck, batch norms (``response`` set).
+        """
         found: dict[str, list[str]] = {g: [] for g in self.config.widths}
         for node in self.nodes:
-            if isinstance(node, Activation) and node.response is not None:
+            if isinstance(node, Activation | BatchNorm) and node.response is not None:
                 found[node.response].append(node.name)
         return found
 
     def producers(self) -> dict[str, list[str]]:
-        """For every group, the convs whose output channels are that group."""
+        """For every group, the convs (and hidden linears) whose outputs are that group."""
         found: dict[str, list[str]] = {g: [] for g in self.config.widths}
         for node in self.nodes:
-            if isinstance(node, Conv):
-                found[node.out_group].append(node.name)
+            group = node.out_group if isinstance(node, Conv | Linear) else None
+            if group is not None:
+                found[group].append(node.name)
         return found
 
     def norms(self) -> dict[str, list[str]]:
@@ -307,8 +316,8 @@ class GraphBuilder:
                          padding=kernel // 2 if padding is None else padding,
                          depthwise=depthwise, bias=bias)
 
-    def batch_norm(self, name: str, x: str, group: str) -> str:
-        return self._add(BatchNorm, (x,), name=name, group=group)
+    def batch_norm(self, name: str, x: str, group: str, response: str | None = None) -> str:
+        return self._add(BatchNorm, (x,), name=name, group=group, response=response)
 
     def relu(self, name: str, x: str, response: str | None = None) -> str:
         return self._add(Activation, (x,), name=name, kind="relu", response=response)

@@ -26,6 +26,9 @@ class Family:
     graph: Callable[[ModelConfig], Graph]
     """The layer graph of a config (widths already validated)."""
     min_input_size: int = 8
+    scale_widths: Callable[[str, int, float], dict[str, int]] | None = None
+    """(arch, input size, width multiplier) -> widths, where the family has its own rule
+    (MobileNetV2 rounds to multiples of 8, as torchvision); None: every full width scaled."""
 
 
 _FAMILIES: dict[str, Family] = {}
