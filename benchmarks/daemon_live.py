@@ -449,7 +449,7 @@ def _time_frames(models: dict[tuple[str, int], LoadedModel], inputs: dict[str, n
                 next_start += pace_s
                 time.sleep(max(0.0, next_start - time.perf_counter()))
             t, c = time.perf_counter(), time.thread_time()
-            model.predict(inputs[name])
+            model.logits(inputs[name][None])
             if round_ >= 10:
                 wall[name, k].append(time.perf_counter() - t)
                 cpu[name, k].append(time.thread_time() - c)
@@ -476,14 +476,14 @@ class _StubModel(LoadedModel):
 
     def __init__(self, descendant: int, classes: int) -> None:
         self._descendant = descendant
-        self._probabilities = [1.0 / classes] * classes
+        self._classes = classes
 
     @property
     def descendant(self) -> int:
         return self._descendant
 
-    def predict(self, frame: np.ndarray) -> list[float]:
-        return self._probabilities
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return np.zeros((len(batch), self._classes), dtype=np.float32)
 
 
 class _StubBackend(InferenceBackend):
@@ -515,9 +515,9 @@ class _SpinModel(_StubModel):
         self._costs = costs
         _spin(costs[descendant].load_s)
 
-    def predict(self, frame: np.ndarray) -> list[float]:
-        _spin(self._costs[self._descendant].service_s)
-        return self._probabilities
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        _spin(self._costs[self._descendant].service_s * len(batch))
+        return super().logits(batch)
 
     def switch_in_place(self, descendant: int) -> None:
         _spin(self._costs[descendant].load_s)

@@ -1,4 +1,5 @@
-"""Errors raised by the daemon runtime; all are user-facing `NestError`s the API maps to 4xx."""
+"""Errors raised by the daemon runtime: user-facing `NestError`s the API maps to HTTP answers
+(4xx for the caller's requests, 503 while a model is unavailable)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,12 @@ class FrameDropped(NestError):
 
 class QueueFull(NestError):
     """The app's queue is full and the runtime refuses new frames (overflow mode 'refuse')."""
+
+
+class ModelUnavailable(NestError):
+    """The app's model cannot serve now (its file is missing, broken or being replaced); the
+    app stays registered and serves again once the model is fixed and reloaded."""
+
+
+class BadModelOutput(ModelUnavailable):
+    """The model computed non-finite outputs (NaN or infinity) for a frame: never served."""

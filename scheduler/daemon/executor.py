@@ -21,23 +21,39 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 
+from scheduler.daemon.batching import BatchCost
 from scheduler.daemon.errors import FrameDropped, QueueFull, UnknownApp
 from scheduler.problem import MIN_SHARE
 
 log = logging.getLogger(__name__)
 
 Overflow = Literal["drop-oldest", "refuse"]
-# Runs one frame for an app: returns class probabilities and the descendant that computed them.
-Runner = Callable[[str, np.ndarray], tuple[list[float], int]]
 JobObserver = Callable[[str, float], None]
+"""Called with (app id, its part of a batch's service seconds) after every job."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A batch's outcome: per frame the class probabilities, the descendant that computed
+    them and the seconds the backend itself took for the whole batch."""
+
+    probabilities: list[list[float]]
+    descendant: int
+    compute_s: float
+
+
+Runner = Callable[[list[str], list[np.ndarray]], RunResult]
+"""Runs frames of apps on one resident descendant (one frame per app id, ids may repeat)."""
+Grouper = Callable[[str], Hashable | None]
+"""The resident an app runs on now: frames of apps with equal keys may share a batch."""
 
 LATENCY_WINDOW = 1024  # completions kept for the latency percentiles
 FPS_WINDOW_S = 5.0  # completions counted for the measured frame rate
@@ -52,6 +68,7 @@ class Prediction:
     descendant: int
     queue_s: float
     compute_s: float
+    batch: int = 1
 
 
 @dataclass
@@ -111,6 +128,14 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[rank]
 
 
+def _prediction(probabilities: list[float], result: RunResult, queue_s: float,
+                batch: int) -> Prediction:
+    """A frame's prediction (compute_s is set once the batch's service time is known)."""
+    label = max(range(len(probabilities)), key=probabilities.__getitem__)
+    return Prediction(label, probabilities, result.descendant, queue_s=queue_s, compute_s=0.0,
+                      batch=batch)
+
+
 def _fail(future: Future[Prediction], error: Exception) -> None:
     """Fail a future unless the caller already cancelled it."""
     if not future.done():
@@ -128,10 +153,21 @@ class Executor:
         overflow: Overflow = "drop-oldest",
         on_start: Callable[[], None] | None = None,
         observer: JobObserver | None = None,
+        group: Grouper | None = None,
+        batching: bool = True,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """``group`` gives each app's resident; without it (or with ``batching`` off) every
+        frame runs alone. ``clock`` times the service of a batch (tests give a model's)."""
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
         self._runner = runner
+        self._clock = clock
+        self._group = group
+        self._batches = BatchCost(enabled=batching and group is not None)
+        self.on_batch: Callable[[Hashable | None, int, RunResult], None] | None = None
+        """Called by the worker after every batch (key, frames, result): the runtime's
+        measured speed."""
         self._queue_size = queue_size
         self._overflow = overflow
         self._on_start = on_start
@@ -277,47 +313,79 @@ class Executor:
         while app.completions and app.completions[0] < now - FPS_WINDOW_S:
             app.completions.popleft()
 
-    def _next_job(self) -> tuple[_AppQueue, _Job] | None:
-        """Wait for work and take the next job by smallest pass; None once stopping."""
+    def _next_batch(self) -> list[tuple[_AppQueue, _Job]] | None:
+        """Wait for work and take the next batch; None once stopping.
+
+        The runnable app with the smallest pass goes first; frames of the same resident
+        (this app's next ones, and other apps' on the same resident) join its batch, each
+        time from the app with the smallest pass, as many as `BatchCost` advises.
+        """
         with self._cond:
             while True:
                 if self._stopping:
                     return None
                 runnable = [app for app in self._apps.values() if app.runnable]
                 if runnable:
-                    app = min(runnable, key=lambda a: a.pass_value)
-                    self._virtual_time = app.pass_value
-                    app.in_flight += 1
-                    return app, app.jobs.popleft()
+                    break
                 self._cond.wait()
+            first = min(runnable, key=lambda a: a.pass_value)
+            self._virtual_time = first.pass_value
+            key = self._group(first.app_id) if self._group is not None else None
+            mates = [a for a in runnable if key is not None and self._group(a.app_id) == key]
+            size = self._batches.size(key, sum(len(a.jobs) for a in mates) or 1)
+            frame_s = self._batches.frame_seconds(key)
+            taken = {a.app_id: 0 for a in mates} | {first.app_id: 0}
+            batch: list[tuple[_AppQueue, _Job]] = []
+            app = first
+            while True:
+                batch.append((app, app.jobs.popleft()))
+                app.in_flight += 1
+                taken[app.app_id] += 1
+                left = [a for a in mates or [first] if a.jobs]
+                if len(batch) >= size or not left:
+                    return batch
+                app = min(left, key=lambda a: a.pass_value + taken[a.app_id] * frame_s / a.share)
 
     def _work(self) -> None:
         if self._on_start is not None:
             self._on_start()
-        while (taken := self._next_job()) is not None:
-            app, job = taken
-            if job.future.set_running_or_notify_cancel():
-                self._run(app, job)
-            else:
-                self._finish(app, service_s=0.0, latency_s=None, failed=False)
+        while (batch := self._next_batch()) is not None:
+            running = []
+            for app, job in batch:
+                if job.future.set_running_or_notify_cancel():
+                    running.append((app, job))
+                else:  # cancelled by its caller
+                    self._finish(app, service_s=0.0, latency_s=None, failed=False)
+            if running:
+                self._run(running)
 
-    def _run(self, app: _AppQueue, job: _Job) -> None:
-        """Run one job, charge its service time to the app and resolve its future."""
+    def _run(self, batch: list[tuple[_AppQueue, _Job]]) -> None:
+        """Run one batch, charge each app its frames' part of the service time, resolve."""
         started = time.monotonic()
-        t0 = time.perf_counter()
+        t0 = self._clock()
+        key = self._group(batch[0][0].app_id) if self._group is not None else None
         try:
-            probabilities, descendant = self._runner(app.app_id, job.frame)
-        except Exception as error:  # the caller gets the error; the worker keeps serving
-            log.exception("inference failed for app %s", app.app_id)
-            self._finish(app, time.perf_counter() - t0, latency_s=None, failed=True)
-            job.future.set_exception(error)
+            result = self._runner([app.app_id for app, _ in batch],
+                                  [job.frame for _, job in batch])
+            predictions = [_prediction(p, result, started - job.submitted, len(batch))
+                           for (_, job), p in zip(batch, result.probabilities, strict=True)]
+        except Exception as error:  # the callers get the error; the worker keeps serving
+            log.exception("inference failed for apps %s",
+                          ", ".join(sorted({app.app_id for app, _ in batch})))
+            each = (self._clock() - t0) / len(batch)
+            for app, job in batch:
+                self._finish(app, each, latency_s=None, failed=True)
+                _fail(job.future, error)
             return
-        service = time.perf_counter() - t0
+        service = self._clock() - t0
+        self._batches.observe(key, len(batch), service)
+        if self.on_batch is not None:
+            self.on_batch(key, len(batch), result)
         done = time.monotonic()
-        self._finish(app, service, latency_s=done - job.submitted, failed=False)
-        label = max(range(len(probabilities)), key=probabilities.__getitem__)
-        job.future.set_result(Prediction(label, probabilities, descendant,
-                                         queue_s=started - job.submitted, compute_s=service))
+        each = service / len(batch)
+        for (app, job), prediction in zip(batch, predictions, strict=True):
+            self._finish(app, each, latency_s=done - job.submitted, failed=False)
+            job.future.set_result(replace(prediction, compute_s=service))
 
     def _finish(self, app: _AppQueue, service_s: float, latency_s: float | None,
                 failed: bool) -> None:

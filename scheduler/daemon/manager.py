@@ -1,47 +1,59 @@
-"""Model manager: each app's resident descendant, switched within the memory budget.
+"""Model manager: resident descendants shared by the apps that run them, within the budget.
 
-**Accounting.** The manager keeps a ledger of the bytes of every descendant it holds (the
-scheduler's M(d) of the backend). Bytes are reserved *before* a descendant is loaded and
-released only after it is gone, and a reservation that would pass the limit is refused, so
-the accounted bytes never exceed the budget, also in the middle of a switch. While an app
-switches in place (torch's nested upgrade / downgrade), both its old and its new descendant
-are accounted until the switch is done. If both do not fit, the switch goes *cold*: the old
-descendant is released first and the new one loaded from storage.
+**Residents.** What is loaded is a *resident*: one descendant of one model (key ``(model,
+descendant)``), loaded once and used by every app the plan gives that descendant. The ledger
+accounts bytes per resident, never per app (the backend's M(d): the resident memory the
+profile measured for holding it). Bytes are reserved *before* a resident is loaded and
+released only after it is gone; a reservation that would pass the limit is refused
+(`BudgetViolation`, a bug, never user input), so the accounted bytes never exceed the budget,
+also in the middle of a switch.
 
-**Plans** are applied downgrades first, then the budget lowered (when it shrinks), then
-upgrades and new loads. After the downgrades the apps still to upgrade hold their smaller
-old descendants, so a cold upgrade always fits when the plan does.
+**Warm rungs.** A resident no app uses any more stays loaded (accounted) while another app of
+its model is still served and the budget has room: switching back to it is then a pointer
+swap. Such idle residents are the first to go, least recently used first, whenever room is
+needed or the budget shrinks, and all of a model's go when its last app leaves.
 
-**Callers never see half a switch.** Every switch of an app happens inside
-``hold(app_id)``, which the executor grants only once the app's job in flight (if any) has
-finished on the descendant it started on, and during which no new job of the app starts.
-Queued frames wait and then run on the new descendant.
+**Plans** are applied in three phases: (1) apps whose target is already resident move to it
+and residents the plan no longer needs become idle; (2) the limit comes down to the budget
+(idle residents evicted); (3) the missing residents load, smallest first. While a resident
+loads, its future users keep running on their old ones; only when there is no room for old
+and new together does an app go *cold*: it is held (its frames wait), its old resident freed,
+the new one loaded. The torch backend grows or shrinks a resident in place instead when all
+its users move to the same new descendant (old and new both accounted meanwhile).
+
+**Callers never see half a switch.** An app changes resident only inside ``hold(app_id)``,
+which the executor grants once the app's job in flight (if any) has finished; queued frames
+then run on the new descendant.
 
 **Swapping** (the resource-agnostic baseline, whose fixed descendants may not fit together):
-descendants are loaded on demand by the executor's worker before a job, evicting the least
-recently used other descendants until the new one fits.
+residents are loaded on demand by the executor's worker before a job, evicting the least
+recently used others until the new one fits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from scheduler.daemon.backends import InferenceBackend, LoadedModel
+from scheduler.daemon.backends import InferenceBackend, LoadedModel, softmax
 from scheduler.daemon.catalogue import CatalogueEntry
-from scheduler.daemon.errors import UnknownApp
+from scheduler.daemon.errors import BadModelOutput, UnknownApp
+from scheduler.daemon.executor import RunResult
 
 log = logging.getLogger(__name__)
 
 Hold = Callable[[str], AbstractContextManager[None]]
 LedgerObserver = Callable[[int, int, str], None]
 """Called with (accounted bytes, limit, what changed) after every change of the ledger."""
+Key = tuple[str, int]
+"""A resident: (model name, descendant index)."""
 
 
 class BudgetViolation(RuntimeError):
@@ -56,25 +68,43 @@ class Target:
     descendant: int
 
 
-@dataclass
-class _Slot:
-    """One app's model: planned descendant, what is resident, counters."""
+@dataclass(eq=False)
+class _Resident:
+    """One loaded descendant of one model, and the apps running on it."""
+
+    key: Key
+    entry: CatalogueEntry
+    bytes: int
+    model: LoadedModel | None = None
+    users: set[str] = field(default_factory=set)
+    busy: bool = False  # loading or switching: never evicted meanwhile
+    last_used: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.key[0]}:d{self.key[1]}"
+
+
+@dataclass(eq=False)
+class _App:
+    """One app: its model, planned descendant, the resident it runs on, counters."""
 
     entry: CatalogueEntry
     target: int
     memory: list[int]
-    model: LoadedModel | None = None
-    accounted: int = 0
-    busy: bool = False
+    resident: _Resident | None = None
     last_descendant: int | None = None
-    last_used: float = 0.0
     switches: int = 0
     loads: int = 0
+
+    @property
+    def target_key(self) -> Key:
+        return (self.entry.name, self.target)
 
 
 @dataclass(frozen=True)
 class ResidentInfo:
-    """What the manager holds for one app."""
+    """What an app runs on: its resident descendant and that resident's (shared) bytes."""
 
     descendant: int | None
     resident_bytes: int
@@ -83,14 +113,18 @@ class ResidentInfo:
 
 
 class ModelManager:
-    """Holds every app's descendant and applies plans without passing the memory budget."""
+    """Residents shared by apps; plans applied without ever passing the memory budget."""
 
     def __init__(self, backend: InferenceBackend, memory_budget_bytes: int,
-                 observer: LedgerObserver | None = None) -> None:
+                 observer: LedgerObserver | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        """``clock`` times the backend's compute of a batch (tests give a model's)."""
         self._backend = backend
+        self._clock = clock
         self._limit = memory_budget_bytes
         self._observer = observer
-        self._slots: dict[str, _Slot] = {}
+        self._apps: dict[str, _App] = {}
+        self._residents: dict[Key, _Resident] = {}
         self._accounted = 0
         self._swapping = False
         self._lock = threading.Condition(threading.RLock())
@@ -98,6 +132,12 @@ class ModelManager:
     @property
     def accounted_bytes(self) -> int:
         return self._accounted
+
+    @property
+    def idle_bytes(self) -> int:
+        """Bytes of warm rungs: residents no app runs on (evicted first when room is needed)."""
+        with self._lock:
+            return sum(r.bytes for r in self._residents.values() if not r.users and r.model)
 
     @property
     def limit(self) -> int:
@@ -108,216 +148,371 @@ class ModelManager:
         return self._swapping
 
     def info(self, app_id: str) -> ResidentInfo:
-        """Resident descendant, accounted bytes and counters of one app."""
+        """Resident descendant, its accounted bytes and the counters of one app."""
         with self._lock:
-            slot = self._slot(app_id)
-            descendant = None if slot.model is None else slot.model.descendant
-            return ResidentInfo(descendant, slot.accounted, slot.switches, slot.loads)
+            app = self._app(app_id)
+            resident = app.resident
+            if resident is None or resident.model is None:
+                return ResidentInfo(None, 0, app.switches, app.loads)
+            return ResidentInfo(resident.key[1], resident.bytes, app.switches, app.loads)
+
+    def resident_key(self, app_id: str) -> Key | None:
+        """The resident an app runs on now (apps with the same key share one model)."""
+        app = self._apps.get(app_id)
+        resident = None if app is None else app.resident
+        return None if resident is None else resident.key
 
     # ---------------------------------------------------------------- plans
 
     def apply(self, targets: Mapping[str, Target], budget: int, swapping: bool,
               hold: Hold) -> None:
-        """Switch every app to its target: downgrades, then the new limit, then upgrades."""
+        """Bring every app to its target (see the module docstring for the phases)."""
         with self._lock:
-            for app_id in [a for a in self._slots if a not in targets]:
-                self._release(self._slots.pop(app_id), f"{app_id}: app gone")
+            for app_id in [a for a in self._apps if a not in targets]:
+                self._detach(app_id, f"{app_id}: app gone")
             self._limit = max(self._limit, budget)
             self._notify("plan: limit is the larger of the old and new budget")
             self._swapping = swapping
             for app_id, target in targets.items():
                 self._set_target(app_id, target)
-            downgrades = [a for a in targets if self._direction(a) == "down"]
-        for app_id in downgrades:
-            self._switch(app_id, hold)
+            ready = [a for a in targets if self._can_repoint(a)]
+        for app_id in ready:
+            self._repoint(app_id, hold)
+        if swapping:
+            self._drop_stale_residents(hold)
+        else:
+            with contextlib.ExitStack() as cold:
+                for key in self._missing():
+                    self._bring(key, hold, cold)
         self._lower_limit(budget, hold)
-        with self._lock:
-            upgrades = [a for a in targets if self._direction(a) == "up"]
-        for app_id in upgrades:
-            if swapping:
-                self._unload_if_stale(app_id, hold)
-            else:
-                self._switch(app_id, hold)
 
     def forget(self, app_id: str) -> None:
-        """Free an app's descendant and forget the app (the executor no longer runs it)."""
+        """Detach an app (the executor no longer runs it); unneeded residents go idle or free."""
         with self._lock:
-            slot = self._slots.pop(app_id, None)
-            if slot is not None:
-                self._release(slot, f"{app_id}: unregistered")
+            if app_id in self._apps:
+                self._detach(app_id, f"{app_id}: unregistered")
 
     def _set_target(self, app_id: str, target: Target) -> None:
-        slot = self._slots.get(app_id)
-        if slot is None:
+        app = self._apps.get(app_id)
+        if app is None:
             memory = [d.memory_bytes for d in self._backend.descendants(target.entry)]
-            self._slots[app_id] = _Slot(target.entry, target.descendant, memory)
+            self._apps[app_id] = _App(target.entry, target.descendant, memory)
         else:
-            slot.target = target.descendant
+            app.target = target.descendant
 
-    def _direction(self, app_id: str) -> str | None:
-        """'down' if the app must shed bytes, 'up' if it must load, None if it is done."""
-        slot = self._slots[app_id]
-        if slot.model is None:
-            return None if self._swapping else "up"
-        if slot.model.descendant == slot.target:
+    def _missing(self) -> list[Key]:
+        """Targets not loaded yet, smallest first."""
+        with self._lock:
+            loaded = {k for k, r in self._residents.items() if r.model is not None}
+            needs = {app.target_key: app.memory[app.target] for app in self._apps.values()}
+            return sorted((k for k in needs if k not in loaded), key=lambda k: (needs[k], k))
+
+    def _can_repoint(self, app_id: str) -> bool:
+        """Whether the app's target is loaded (and it does not run on it yet)."""
+        app = self._apps[app_id]
+        resident = self._residents.get(app.target_key)
+        return (resident is not None and resident.model is not None and not resident.busy
+                and app.resident is not resident)
+
+    def _repoint(self, app_id: str, hold: Hold) -> None:
+        """Move an app onto its (loaded) target resident; the old one may go idle."""
+        with hold(app_id), self._lock:
+            if self._can_repoint(app_id):
+                app = self._apps[app_id]
+                self._attach(app_id, self._residents[app.target_key])
+
+    def _bring(self, key: Key, hold: Hold, cold: contextlib.ExitStack) -> None:
+        """Load the resident ``key`` for the apps targeting it.
+
+        Beside their old residents when there is room (idle rungs evicted first); in place
+        (torch) when all users of one resident move to it and old and new fit together;
+        otherwise cold: every app still running on a resident the plan drops is held (in
+        ``cold``, until the plan is applied) and those residents are freed.
+        """
+        with self._lock:
+            users = [a for a, app in self._apps.items() if app.target_key == key]
+            need = self._apps[users[0]].memory[key[1]]
+            room = self._room_for(need)
+            donor = self._in_place_donor(key, users) if room else None
+        if donor is not None:
+            self._switch_in_place(donor, key, hold)
+        else:
+            self._load(self._reserve_when_room(key, need, hold, cold))
+        for app_id in users:
+            self._repoint(app_id, hold)
+
+    def _reserve_when_room(self, key: Key, need: int, hold: Hold,
+                           cold: contextlib.ExitStack) -> _Resident:
+        """Reserve ``key``'s bytes: idle rungs go first, then the residents the plan drops
+        (their apps held in ``cold``), and loads in progress are awaited."""
+        while True:
+            with self._lock:
+                if self._room_for(need):
+                    return self._reserve_resident(key, need, f"{key[0]}:d{key[1]}: loading")
+                if not self._departing():
+                    self._await_busy(f"{need} bytes needed for {key[0]}:d{key[1]}")
+                    continue
+            self._free_departing(hold, cold)
+
+    def _departing(self) -> list[_Resident]:
+        """Loaded residents that no app's target needs any more (lock held)."""
+        needed = {app.target_key for app in self._apps.values()}
+        return [r for r in self._residents.values()
+                if r.key not in needed and r.model is not None and not r.busy]
+
+    def _free_departing(self, hold: Hold, cold: contextlib.ExitStack) -> None:
+        """Hold the apps on residents the plan no longer needs and free those residents."""
+        with self._lock:
+            departing = self._departing()
+            users = sorted({a for r in departing for a in r.users})
+        for app_id in users:
+            cold.enter_context(hold(app_id))
+        with self._lock:
+            for resident in departing:
+                if resident.key in self._residents and not resident.busy:
+                    self._free(resident, f"{resident.name}: freed before a cold load")
+
+    def _in_place_donor(self, key: Key, users: list[str]) -> _Resident | None:
+        """A resident of the same model whose users all move to ``key`` and which the backend
+        can grow or shrink in place (lock held; room for both already checked)."""
+        if not self._backend.switches_in_place:
             return None
-        return "down" if slot.memory[slot.target] <= slot.accounted else "up"
+        for resident in self._residents.values():
+            if (resident.key[0] == key[0] and resident.model is not None and not resident.busy
+                    and resident.users and resident.users <= set(users)):
+                return resident
+        return None
+
+    def _switch_in_place(self, donor: _Resident, key: Key, hold: Hold) -> None:
+        """Grow or shrink ``donor`` into ``key``, both accounted meanwhile."""
+        with contextlib.ExitStack() as held:
+            for app_id in sorted(donor.users):
+                held.enter_context(hold(app_id))
+            with self._lock:
+                need = self._apps[next(iter(donor.users))].memory[key[1]]
+                self._reserve(need, f"{donor.name}->d{key[1]} in place, old and new both"
+                                    " accounted")
+                donor.busy = True
+            model = donor.model
+            assert model is not None
+            try:
+                model.switch_in_place(key[1])
+            finally:
+                with self._lock:
+                    donor.busy = False
+                    if model.descendant == key[1]:
+                        self._unreserve(donor.bytes, f"{donor.name}: old descendant freed")
+                        del self._residents[donor.key]
+                        donor.key, donor.bytes = key, need
+                        self._residents[key] = donor
+                        for app_id in donor.users:
+                            self._count_switch(self._apps[app_id], key[1])
+                    else:
+                        self._unreserve(need, f"{donor.name}: switch failed")
+                    self._lock.notify_all()
 
     def _lower_limit(self, budget: int, hold: Hold) -> None:
-        """Bring the limit down to the budget, evicting least recently used models if needed.
-
-        Needed only while swapping, or when a load the worker began under the old limit is
-        still running (then its end is awaited).
-        """
+        """Bring the limit down to the budget: idle residents go first, then (swapping, or a
+        load the worker began under the old limit) the least recently used, awaiting busy
+        ones."""
         while True:
             with self._lock:
                 if self._accounted <= budget:
                     self._limit = budget
                     self._notify("limit set to the budget")
                     return
-                victim = self._least_recently_used(exclude=None)
-                if victim is None:
-                    self._await_busy_slot(f"{self._accounted} bytes held, budget {budget}")
+                if self._evict_idle(self._accounted - budget):
                     continue
-            with hold(victim), self._lock:
-                self._release(self._slots[victim], f"{victim}: evicted for the new budget")
+                victim = self._least_recently_used(exclude=set())
+                if victim is None:
+                    self._await_busy(f"{self._accounted} bytes held, budget {budget}")
+                    continue
+            with contextlib.ExitStack() as held:
+                for app_id in sorted(victim.users):
+                    held.enter_context(hold(app_id))
+                with self._lock:
+                    if victim.key in self._residents and not victim.busy:
+                        self._free(victim, f"{victim.name}: evicted for the new budget")
 
-    def _unload_if_stale(self, app_id: str, hold: Hold) -> None:
-        """When swapping, a resident descendant that is not the target is freed (reloaded later)."""
-        with hold(app_id), self._lock:
-            slot = self._slots[app_id]
-            if slot.model is not None and slot.model.descendant != slot.target:
-                self._release(slot, f"{app_id}: stale descendant")
-
-    def _switch(self, app_id: str, hold: Hold) -> None:
-        """Bring one app to its target descendant, in place if old and new fit together.
-
-        The ledger changes under the lock; the slow part (reading from storage) runs outside
-        it, the slot marked busy so that no eviction touches it meanwhile.
-        """
-        with hold(app_id):
-            with self._lock:
-                slot = self._slots[app_id]
-                old, target = slot.model, slot.target
-                if old is not None and old.descendant == target:
-                    return
-                need = slot.memory[target]
-                in_place = old is not None and old.switches_in_place and self._fits(need)
-                if in_place:
-                    self._reserve(need, f"{app_id}: d{slot.last_descendant}->d{target} in place,"
-                                        " old and new both accounted")
-                    slot.busy = True
-                else:
-                    self._release(slot, f"{app_id}: old descendant freed before a cold load")
-                    self._reserve_load(app_id, slot)
-            if in_place:
-                assert old is not None
-                self._switch_in_place(app_id, slot, old, need)
-            else:
-                self._complete_load(app_id, slot, need)
-
-    def _switch_in_place(self, app_id: str, slot: _Slot, model: LoadedModel, need: int) -> None:
-        """Grow or shrink the resident model; then release the old descendant's bytes."""
-        target = slot.target
-        try:
-            model.switch_in_place(target)
-        finally:
-            with self._lock:
-                slot.busy = False
-                if model.descendant == target:
-                    self._unreserve(slot.accounted, f"{app_id}: old descendant freed")
-                    slot.accounted = need
-                    self._count_switch(slot, target)
-                else:
-                    self._unreserve(need, f"{app_id}: switch failed")
-                self._lock.notify_all()
+    def _drop_stale_residents(self, hold: Hold) -> None:
+        """When swapping, residents the plan no longer targets are freed (reloaded later)."""
+        with self._lock:
+            stale = [r for r in self._residents.values()
+                     if r.model is not None and not r.busy
+                     and r.key not in {a.target_key for a in self._apps.values()}]
+        for resident in stale:
+            with contextlib.ExitStack() as held:
+                for app_id in sorted(resident.users):
+                    held.enter_context(hold(app_id))
+                with self._lock:
+                    if resident.key in self._residents and not resident.busy:
+                        self._free(resident, f"{resident.name}: stale descendant")
 
     # ---------------------------------------------------------------- inference
 
-    def run(self, app_id: str, frame: np.ndarray) -> tuple[list[float], int]:
-        """Run one frame on the app's resident descendant (loading it first when swapping).
+    def run(self, app_ids: list[str], frames: list[np.ndarray]) -> RunResult:
+        """Run frames of apps that share one resident as one batch (loading the resident
+        first when swapping); a frame whose outputs are not finite fails the batch.
 
-        Called by the executor while it counts the app's job in flight, so no switch of this
-        app can run meanwhile and the slot's model can be read without the lock.
+        Called by the executor while it counts the apps' jobs in flight, so no app of the
+        batch changes resident meanwhile and the resident can be read without the lock.
         """
-        slot = self._slot(app_id)
-        if slot.model is None:
-            with self._lock:
-                self._make_room(app_id, slot.memory[slot.target])
-                need = self._reserve_load(app_id, slot)
-            self._complete_load(app_id, slot, need)
-        model = slot.model
+        app = self._app(app_ids[0])
+        resident = app.resident
+        if resident is None or resident.model is None:
+            resident = self._load_on_demand(app_ids[0], app)
+        model = resident.model
         assert model is not None
-        slot.last_used = time.monotonic()
-        return model.predict(frame), model.descendant
+        resident.last_used = time.monotonic()
+        started = self._clock()
+        logits = model.logits(np.stack(frames))
+        compute_s = self._clock() - started
+        if not np.isfinite(logits).all():
+            raise BadModelOutput(f"{resident.name} computed non-finite outputs (NaN or"
+                                 " infinity): the model file's weights are unusable")
+        return RunResult(softmax(logits), model.descendant, compute_s)
 
-    def _make_room(self, app_id: str, need: int) -> None:
-        """Evict least recently used other models until ``need`` bytes fit.
+    def _load_on_demand(self, app_id: str, app: _App) -> _Resident:
+        """Swapping: make the app's target resident, evicting least recently used others."""
+        with self._lock:
+            existing = self._residents.get(app.target_key)
+            if existing is not None and existing.model is not None:
+                self._attach(app_id, existing)
+                return existing
+            need = app.memory[app.target]
+            self._make_room(need, keep={app_id})
+            resident = self._reserve_resident(app.target_key, need,
+                                              f"{app_id}: loading d{app.target}")
+        self._load(resident)
+        with self._lock:
+            app.loads += 1
+            self._attach(app_id, resident)
+        return resident
 
-        Runs on the executor's single worker, which is running ``app_id``: no other app has a
-        job in flight. Slots being switched are busy: they are skipped, and if nothing else
-        can go, their end is awaited (it frees their transient bytes).
-        """
-        while not self._fits(need):
-            victim = self._least_recently_used(exclude=app_id)
+    # ---------------------------------------------------------------- residents
+
+    def _reserve_resident(self, key: Key, need: int, why: str) -> _Resident:
+        """Reserve a new resident's bytes and register it, busy, unloaded (lock held)."""
+        self._reserve(need, why)
+        resident = _Resident(key, self._entry_of(key), need, busy=True)
+        self._residents[key] = resident
+        return resident
+
+    def _entry_of(self, key: Key) -> CatalogueEntry:
+        return next(a.entry for a in self._apps.values() if a.entry.name == key[0])
+
+    def _load(self, resident: _Resident) -> None:
+        """Load a reserved resident from storage outside the lock, then publish it."""
+        try:
+            model = self._backend.open(resident.entry, resident.key[1])
+        except BaseException:
+            with self._lock:
+                self._residents.pop(resident.key, None)
+                self._unreserve(resident.bytes, f"{resident.name}: load failed")
+                self._lock.notify_all()
+            raise
+        with self._lock:
+            resident.model, resident.busy = model, False
+            resident.last_used = time.monotonic()
+            for app in self._apps.values():
+                if app.target_key == resident.key and not self._swapping:
+                    app.loads += 1
+                    break
+            self._lock.notify_all()
+
+    def _attach(self, app_id: str, resident: _Resident) -> None:
+        """Point an app at a resident; its old one may become idle (lock held)."""
+        app = self._apps[app_id]
+        old = app.resident
+        if old is resident:
+            return
+        resident.users.add(app_id)
+        app.resident = resident
+        self._count_switch(app, resident.key[1])
+        if old is not None:
+            old.users.discard(app_id)
+            self._settle(old)
+
+    def _detach(self, app_id: str, why: str) -> None:
+        """Forget an app; its resident goes idle (or free), and its model's idle ones too if
+        it was the model's last app (lock held)."""
+        app = self._apps.pop(app_id)
+        old = app.resident
+        if old is not None:
+            old.users.discard(app_id)
+            self._settle(old)
+        if not any(a.entry.name == app.entry.name for a in self._apps.values()):
+            for resident in [r for r in self._residents.values()
+                             if r.key[0] == app.entry.name and not r.users and not r.busy]:
+                self._free(resident, f"{resident.name}: {why}, last app of its model")
+
+    def _settle(self, resident: _Resident) -> None:
+        """A resident that lost a user: kept as a warm rung if idle (evicted when room is
+        needed), unless swapping, where unused residents go at once (lock held)."""
+        if not resident.users and self._swapping and not resident.busy:
+            self._free(resident, f"{resident.name}: no app runs on it")
+
+    def _room_for(self, need: int) -> bool:
+        """Evict idle rungs (least recently used first) until ``need`` bytes fit; whether
+        they fit now (lock held)."""
+        if not self._fits(need):
+            self._evict_idle(need - (self._limit - self._accounted))
+        return self._fits(need)
+
+    def _make_room(self, need: int, keep: set[str]) -> None:
+        """Swapping: evict idle rungs, then the least recently used residents whose apps are
+        not in ``keep``, until ``need`` bytes fit; busy ones are awaited (lock held)."""
+        while not self._room_for(need):
+            victim = self._least_recently_used(exclude=keep)
             if victim is None:
-                self._await_busy_slot(f"{app_id} needs {need} bytes")
+                self._await_busy(f"{need} bytes needed")
             else:
-                self._release(self._slots[victim], f"{victim}: evicted for {app_id}")
+                self._free(victim, f"{victim.name}: evicted")
 
-    def _await_busy_slot(self, problem: str) -> None:
-        """Wait (lock held on entry and exit) until a busy slot finishes; none busy: a bug."""
-        if not any(s.busy for s in self._slots.values()):
+    def _evict_idle(self, wanted: int) -> bool:
+        """Free least recently used idle residents until ``wanted`` bytes are free; whether any
+        was freed (lock held)."""
+        idle = sorted((r for r in self._residents.values()
+                       if not r.users and not r.busy and r.model is not None),
+                      key=lambda r: r.last_used)
+        freed = 0
+        for resident in idle:
+            if freed >= wanted:
+                break
+            freed += resident.bytes
+            self._free(resident, f"{resident.name}: idle rung evicted")
+        return freed > 0
+
+    def _least_recently_used(self, exclude: set[str]) -> _Resident | None:
+        candidates = [r for r in self._residents.values()
+                      if r.model is not None and not r.busy and not (r.users & exclude)]
+        return min(candidates, key=lambda r: r.last_used, default=None)
+
+    def _await_busy(self, problem: str) -> None:
+        """Wait (lock held on entry and exit) until a busy resident finishes; none busy: a bug."""
+        if not any(r.busy for r in self._residents.values()):
             raise BudgetViolation(f"{problem}: {self._accounted} bytes held, limit"
                                   f" {self._limit}, nothing left to evict")
         self._lock.wait()
 
-    def _least_recently_used(self, exclude: str | None) -> str | None:
-        resident = [(s.last_used, a) for a, s in self._slots.items()
-                    if s.model is not None and not s.busy and a != exclude]
-        return min(resident)[1] if resident else None
+    def _free(self, resident: _Resident, why: str) -> None:
+        """Drop a resident and its bytes (its users, if any, no longer run on it)."""
+        for app_id in resident.users:
+            self._apps[app_id].resident = None
+        resident.users.clear()
+        if resident.model is not None:
+            resident.model.close()
+        resident.model = None
+        self._residents.pop(resident.key, None)
+        self._unreserve(resident.bytes, why)
 
     # ---------------------------------------------------------------- ledger
 
-    def _reserve_load(self, app_id: str, slot: _Slot) -> int:
-        """Reserve the target's bytes and mark the slot busy (lock held); returns the bytes."""
-        need = slot.memory[slot.target]
-        self._reserve(need, f"{app_id}: loading d{slot.target}")
-        slot.busy = True
-        return need
-
-    def _complete_load(self, app_id: str, slot: _Slot, need: int) -> None:
-        """Load the reserved descendant from storage outside the lock, then commit it."""
-        target = slot.target
-        try:
-            model = self._backend.open(slot.entry, target)
-        except BaseException:
-            with self._lock:
-                slot.busy = False
-                self._unreserve(need, f"{app_id}: load failed")
-                self._lock.notify_all()
-            raise
-        with self._lock:
-            slot.busy = False
-            slot.model, slot.accounted = model, need
-            slot.loads += 1
-            self._count_switch(slot, target)
-            self._lock.notify_all()
-
-    def _release(self, slot: _Slot, why: str) -> None:
-        """Drop a slot's model and its bytes from the ledger."""
-        if slot.model is None:
-            return
-        slot.model.close()
-        slot.model = None
-        self._unreserve(slot.accounted, why)
-        slot.accounted = 0
-
     @staticmethod
-    def _count_switch(slot: _Slot, descendant: int) -> None:
-        if slot.last_descendant is not None and slot.last_descendant != descendant:
-            slot.switches += 1
-        slot.last_descendant = descendant
+    def _count_switch(app: _App, descendant: int) -> None:
+        if app.last_descendant is not None and app.last_descendant != descendant:
+            app.switches += 1
+        app.last_descendant = descendant
 
     def _fits(self, extra: int) -> bool:
         return self._accounted + extra <= self._limit
@@ -339,8 +534,8 @@ class ModelManager:
         if self._observer is not None:
             self._observer(self._accounted, self._limit, why)
 
-    def _slot(self, app_id: str) -> _Slot:
-        slot = self._slots.get(app_id)
-        if slot is None:
+    def _app(self, app_id: str) -> _App:
+        app = self._apps.get(app_id)
+        if app is None:
             raise UnknownApp(f"no app with id '{app_id}'")
-        return slot
+        return app

@@ -55,6 +55,7 @@ def plan(
     share_step: float,
     switch_tolerance: float,
     current: Solution | None,
+    latency_scale: Mapping[str, float] | None = None,
 ) -> Solution:
     """The switch-aware plan for ``apps``; raises `Infeasible` (with bytes missing) if none fits.
 
@@ -64,7 +65,8 @@ def plan(
     """
     allowed = {app.id: allowed_descendants(app, backend) for app in apps}
     problem = Problem(
-        apps=[_problem_app(app, backend, allowed[app.id]) for app in apps],
+        apps=[_problem_app(app, backend, allowed[app.id],
+                           (latency_scale or {}).get(app.entry.name, 1.0)) for app in apps],
         memory_budget_bytes=memory_budget_bytes,
         alpha=alpha,
         share_step=share_step,
@@ -83,10 +85,15 @@ def plan(
     return _reindexed(solution, {a: dict(enumerate(ks)) for a, ks in allowed.items()})
 
 
-def _problem_app(app: PlannedApp, backend: InferenceBackend, allowed: list[int]) -> App:
+def _problem_app(app: PlannedApp, backend: InferenceBackend, allowed: list[int],
+                 scale: float) -> App:
+    """The app as the optimiser sees it: latencies scaled to the machine's speed now."""
     table = backend.descendants(app.entry)
+    descendants = [table[k] if scale == 1.0 else
+                   table[k].model_copy(update={"latency_s": table[k].latency_s * scale})
+                   for k in allowed]
     return App(name=app.id, target_latency_s=app.spec.latency_target_s,
-               priority=app.spec.priority, descendants=[table[k] for k in allowed])
+               priority=app.spec.priority, descendants=descendants)
 
 
 def _reindexed(solution: Solution, index: Mapping[str, Mapping[int, int]]) -> Solution:

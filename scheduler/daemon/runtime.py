@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 
 from nestdnn.errors import NestError
 from nestdnn.nestfile import as_array
+from profiles.latency import LatencySettings, measure_interleaved
 from scheduler.daemon.backends import InferenceBackend, make_backend
 from scheduler.daemon.catalogue import CatalogueEntry, ModelCatalogue
 from scheduler.daemon.errors import Infeasible, UnknownApp, UnknownModel
@@ -40,12 +42,16 @@ from scheduler.daemon.specs import (
     Snapshot,
     check_policy,
 )
+from scheduler.daemon.speed import SpeedTracker
 from scheduler.daemon.state import PersistedApp, RuntimeState, load_state, save_state
 from scheduler.problem import Assignment, Method, Policy, Solution
 
 __all__ = ["Runtime"]
 
 log = logging.getLogger(__name__)
+
+REFERENCE_TIMING = LatencySettings(runs=30, rounds=3, warmup=5)
+"""How the reference stack is timed at start (a few milliseconds on onnxruntime)."""
 
 
 @dataclass(frozen=True)
@@ -75,18 +81,27 @@ class Runtime:
     def __init__(self, catalogue: ModelCatalogue, settings: RuntimeSettings, *,
                  backend: InferenceBackend | None = None,
                  ledger_observer: LedgerObserver | None = None,
-                 job_observer: JobObserver | None = None) -> None:
+                 job_observer: JobObserver | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         """``backend`` defaults to the one ``settings.backend`` names (tests and benchmarks
-        may give their own, e.g. one with stub costs)."""
+        may give their own, e.g. one with stub costs); ``clock`` times frames (tests may give
+        a model's)."""
         self.catalogue = catalogue
         self.settings = settings
         self._backend = backend or make_backend(settings.backend, settings.threads)
         self._manager = ModelManager(self._backend, settings.memory_budget_bytes,
-                                     observer=ledger_observer)
+                                     observer=ledger_observer, clock=clock)
         self._executor = Executor(self._manager.run, queue_size=settings.queue_size,
                                   overflow=settings.overflow,
                                   on_start=self._backend.on_worker_start,
-                                  observer=job_observer)
+                                  observer=job_observer, group=self._manager.resident_key,
+                                  batching=settings.batching, clock=clock)
+        self._speed = SpeedTracker(self._profiled_latency, settings.drift_threshold,
+                                   on_drift=self._replan_for_speed)
+        self._executor.on_batch = lambda key, frames, result: self._speed.observe(
+            key, frames, result.compute_s)
+        self._drift_replan: threading.Thread | None = None
+        self._drift_lock = threading.Lock()
         self._committed = _Committed(settings.policy, settings.method, settings.alpha,
                                      settings.memory_budget_bytes, {}, None)
         self._events = threading.Lock()
@@ -102,6 +117,7 @@ class Runtime:
             if self._stopped:
                 raise NestError("a stopped runtime cannot start again; create a new Runtime")
             self._prepare_backend()
+            self._speed.start_scales(self._reference_scales())
             self._restore()
             self._executor.start()
             self._running = True
@@ -117,6 +133,52 @@ class Runtime:
             self._executor.stop()
             self._persist()
             self._backend.close()
+
+    def _reference_scales(self) -> dict[str, float]:
+        """Per model, today's speed against its profile's: the reference stack timed now on
+        the backend over the profile's timing of it (1 where either is missing)."""
+        runner = self._backend.reference_runner()
+        if runner is None:
+            return {}
+        now = measure_interleaved([runner], REFERENCE_TIMING)[0].median_s
+        scales = {}
+        for name, entry in self.catalogue.entries.items():
+            conditions = entry.profile.conditions.get(self._backend.name)
+            if conditions is not None and conditions.reference is not None:
+                scales[name] = now / conditions.reference.median_s
+        log.info("reference stack: %.3f ms now; latency scale per model %s", now * 1e3,
+                 {n: round(s, 3) for n, s in scales.items()})
+        return scales
+
+    def _profiled_latency(self, key: tuple[str, int]) -> float:
+        return self._backend.descendants(self.catalogue.entries[key[0]])[key[1]].latency_s
+
+    def _replan_for_speed(self) -> None:
+        """A model's measured speed strayed past the threshold: re-plan in the background.
+
+        Called from the worker thread, which must never wait for the event lock (an event
+        may be waiting for the worker's job in flight)."""
+        with self._drift_lock:
+            if self._drift_replan is not None and self._drift_replan.is_alive():
+                return
+            self._drift_replan = threading.Thread(target=self._replan, args=("speed",),
+                                                  name="nestdnn-replan", daemon=True)
+            self._drift_replan.start()
+
+    def _replan(self, why: str) -> None:
+        """Re-solve with the settings in force (and the latency scales now) and apply."""
+        with self._events:
+            if not self._running:
+                return
+            current = self._committed
+            try:
+                solution = self._solve(current.apps, current)
+                self._apply(current.apps, solution, current.memory_budget_bytes)
+            except NestError as exc:
+                log.warning("re-plan (%s) failed, the plan in force stays: %s", why, exc)
+                return
+            self._commit(replace(current, solution=solution))
+            log.info("re-planned (%s): %s", why, solution.decision)
 
     def _prepare_backend(self) -> None:
         """Make every catalogue model loadable on the backend; those that cannot are rejected."""
@@ -236,7 +298,8 @@ class Runtime:
             accounted_bytes=self._manager.accounted_bytes,
             objective=None if solution is None else solution.objective,
             feasible=True if solution is None else solution.feasible,
-            apps=statuses, swapping=self._manager.swapping,
+            apps=statuses, swapping=self._manager.swapping, idle_bytes=self._manager.idle_bytes,
+            latency_scale=self._speed.scales(),
         )
 
     def _status(self, committed: _Committed, app: _App) -> AppStatus:
@@ -251,6 +314,9 @@ class Runtime:
             switches=resident.switches, priority=app.spec.priority,
             target_latency_s=app.spec.target_latency_s, fps=app.spec.fps, loads=resident.loads,
             busy_s=counters.busy_s,
+            latency_assumed_s=self._speed.assumed((app.spec.model, part.descendant)),
+            latency_measured_s=(None if resident.descendant is None else
+                                self._speed.measured((app.spec.model, resident.descendant))),
         )
 
     def _info(self, app_id: str) -> AppInfo:
@@ -271,7 +337,8 @@ class Runtime:
         return plan(planned, self._backend, policy=settings.policy, method=settings.method,
                     alpha=settings.alpha, memory_budget_bytes=settings.memory_budget_bytes,
                     share_step=self.settings.share_step,
-                    switch_tolerance=self.settings.switch_tolerance, current=settings.solution)
+                    switch_tolerance=self.settings.switch_tolerance, current=settings.solution,
+                    latency_scale=self._speed.scales())
 
     def _apply(self, apps: Mapping[str, _App], solution: Solution, budget: int) -> None:
         """Switch descendants (downgrades first) and hand the shares to the executor."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nestdnn.errors import NestError
@@ -85,6 +85,10 @@ class AppStatus:
     fps: float | None
     loads: int
     busy_s: float
+    latency_assumed_s: float | None = None
+    """The latency of its descendant the plan assumed (profile x the machine's speed now)."""
+    latency_measured_s: float | None = None
+    """Its resident's measured compute time of one frame (median of the last ones), if any."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,11 @@ class Snapshot:
     feasible: bool
     apps: list[AppStatus]
     swapping: bool = False
+    idle_bytes: int = 0
+    """Of the accounted bytes, those of warm rungs: descendants no app runs on, kept while
+    there is room (evicted first)."""
+    latency_scale: dict[str, float] = field(default_factory=dict)
+    """Per model, the factor the plan applies to the profile's latencies (today's speed)."""
 
 
 @dataclass(frozen=True)
@@ -115,8 +124,13 @@ class RuntimeSettings:
     queue_size: int = 4
     threads: int = 1
     switch_tolerance: float = 0.01
+    drift_threshold: float = 0.2
+    """Re-plan when a resident's measured frame time strays this far (relative) from the
+    latency the plan assumed."""
     overflow: Overflow = "drop-oldest"
     share_step: float = 0.01
+    batching: bool = True
+    """Frames queued for one resident descendant may run as one batch (when that pays)."""
 
     def __post_init__(self) -> None:
         check_policy(self.policy, self.method, self.alpha, self.memory_budget_bytes)
@@ -128,6 +142,8 @@ class RuntimeSettings:
             raise NestError("queue_size and threads must be at least 1")
         if self.switch_tolerance < 0:
             raise NestError("switch_tolerance must be >= 0")
+        if not (math.isfinite(self.drift_threshold) and self.drift_threshold > 0):
+            raise NestError(f"drift_threshold must be > 0, got {self.drift_threshold}")
 
 
 def check_policy(policy: str, method: str, alpha: float, memory_budget_bytes: int) -> None:

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from profiles.latency import Runner
 from profiles.schema import Backend
 from scheduler.daemon.catalogue import CatalogueEntry
 from scheduler.problem import Descendant
@@ -25,8 +26,8 @@ class LoadedModel(ABC):
         """Index of the descendant that runs frames now."""
 
     @abstractmethod
-    def predict(self, frame: np.ndarray) -> list[float]:
-        """Class probabilities for one normalised (C, H, W) float32 frame."""
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """The model's outputs (N, classes) for a (N, C, H, W) float32 batch of frames."""
 
     def switch_in_place(self, descendant: int) -> None:
         """Become another descendant without reloading (only if `switches_in_place`)."""
@@ -41,6 +42,8 @@ class InferenceBackend(ABC):
     """Loads descendants of catalogue entries and tells the bytes the manager accounts."""
 
     name: ClassVar[Backend]
+    switches_in_place: ClassVar[bool] = False
+    """Whether its loaded models change descendant in place (`LoadedModel.switch_in_place`)."""
 
     def __init__(self) -> None:
         self._tables: dict[str, list[Descendant]] = {}
@@ -66,6 +69,11 @@ class InferenceBackend(ABC):
     def open(self, entry: CatalogueEntry, descendant: int) -> LoadedModel:
         """Load a descendant from storage."""
 
+    def reference_runner(self) -> Runner | None:
+        """The reference stack (`profiles.reference`) on this backend, to time the machine's
+        speed against the profiles'; None where the backend cannot run it."""
+        return None
+
     def on_worker_start(self) -> None:
         """Called once in the executor's worker thread before its first frame."""
         return
@@ -75,8 +83,8 @@ class InferenceBackend(ABC):
         return
 
 
-def softmax(logits: np.ndarray) -> list[float]:
-    """Probabilities of one row of logits as plain floats."""
-    z = logits.reshape(-1).astype(np.float64)
-    e = np.exp(z - z.max())
-    return (e / e.sum()).tolist()
+def softmax(logits: np.ndarray) -> list[list[float]]:
+    """Each row of (N, classes) logits as probabilities (plain floats)."""
+    z = logits.astype(np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).tolist()

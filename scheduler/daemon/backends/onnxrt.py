@@ -17,8 +17,10 @@ import time
 
 import numpy as np
 
+from profiles.latency import Runner
 from profiles.onnxrt import descendant_graphs, graph_cache, load_session, logits
-from scheduler.daemon.backends.base import InferenceBackend, LoadedModel, softmax
+from profiles.reference import onnxruntime_reference_runner
+from scheduler.daemon.backends.base import InferenceBackend, LoadedModel
 from scheduler.daemon.catalogue import CatalogueEntry
 
 log = logging.getLogger(__name__)
@@ -35,8 +37,8 @@ class OrtModel(LoadedModel):
     def descendant(self) -> int:
         return self._descendant
 
-    def predict(self, frame: np.ndarray) -> list[float]:
-        return softmax(logits(self._session, frame[None]))
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return logits(self._session, batch)
 
 
 class OrtBackend(InferenceBackend):
@@ -62,6 +64,9 @@ class OrtBackend(InferenceBackend):
                 report = graph_cache(entry.nest).report()
                 _progress(f"{entry.name}: {report.files} graphs ({report.bytes:,} bytes on disk)"
                           f" ready in {time.perf_counter() - started:.2f} s")
+
+    def reference_runner(self) -> Runner:
+        return onnxruntime_reference_runner(self._threads)
 
     def open(self, entry: CatalogueEntry, descendant: int) -> LoadedModel:
         session = load_session(entry.nest, self._graphs[entry.name][descendant], descendant,

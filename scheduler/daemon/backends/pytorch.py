@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from nestdnn.nested import NestedModel, Templates
-from scheduler.daemon.backends.base import InferenceBackend, LoadedModel, softmax
+from profiles.latency import Runner
+from scheduler.daemon.backends.base import InferenceBackend, LoadedModel
 from scheduler.daemon.catalogue import CatalogueEntry
 
 
@@ -32,10 +33,9 @@ class TorchModel(LoadedModel):
     def descendant(self) -> int:
         return self._handle.level
 
-    def predict(self, frame: np.ndarray) -> list[float]:
+    def logits(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            logits = self._handle.module(torch.from_numpy(frame).unsqueeze(0))
-        return softmax(logits.numpy())
+            return self._handle.module(torch.from_numpy(batch)).numpy()
 
     def switch_in_place(self, descendant: int) -> None:
         self._handle.switch(descendant)
@@ -45,6 +45,7 @@ class TorchBackend(InferenceBackend):
     """PyTorch eager; memory = the descendant's fp32 weight bytes."""
 
     name = "torch"
+    switches_in_place = True
 
     def __init__(self, threads: int = 1) -> None:
         super().__init__()
@@ -62,6 +63,17 @@ class TorchBackend(InferenceBackend):
 
     def on_worker_start(self) -> None:
         torch.set_num_threads(self._threads)
+
+    def reference_runner(self) -> Runner:
+        from profiles.torch_backend import reference_runner
+
+        run = reference_runner()
+
+        def timed() -> object:
+            with torch.inference_mode():
+                return run()
+
+        return timed
 
     def _templates_of(self, entry: CatalogueEntry) -> Templates:
         with self._lock:

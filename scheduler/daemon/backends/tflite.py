@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from profiles.tflite import converted_descendants, tflite_interpreter_class
-from scheduler.daemon.backends.base import InferenceBackend, LoadedModel, softmax
+from scheduler.daemon.backends.base import InferenceBackend, LoadedModel
 from scheduler.daemon.catalogue import CatalogueEntry
 from scheduler.problem import Descendant
 
@@ -33,10 +33,14 @@ class TfliteModel(LoadedModel):
     def descendant(self) -> int:
         return self._descendant
 
-    def predict(self, frame: np.ndarray) -> list[float]:
-        self._interpreter.set_tensor(self._input, frame[None].astype(np.float32, copy=False))
-        self._interpreter.invoke()
-        return softmax(self._interpreter.get_tensor(self._output))
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """One frame at a time: the flatbuffer's input has batch size 1."""
+        rows = []
+        for frame in batch:
+            self._interpreter.set_tensor(self._input, frame[None])
+            self._interpreter.invoke()
+            rows.append(self._interpreter.get_tensor(self._output)[0])
+        return np.stack(rows)
 
 
 class TfliteBackend(InferenceBackend):
