@@ -27,8 +27,8 @@ from pruning.importance import L1, TRR
 from pruning.prune import channels_to_keep
 from recovery.freeze import Freezer
 
-SMALL_ARCHS = ["vgg11", "vgg16", "resnet20", "resnet18", "resnet50", "mobilenetv2"]
-ROUND_TRIP_ARCHS = ["vgg11", "resnet20", "resnet50", "mobilenetv2"]
+SMALL_ARCHS = ["vgg11", "vgg16", "resnet20", "resnet18", "resnet50", "mobilenetv2", "vgg16-tv"]
+ROUND_TRIP_ARCHS = ["vgg11", "vgg16-tv", "resnet20", "resnet50", "mobilenetv2"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -103,6 +103,18 @@ def test_vgg_features_match_torchvision_names() -> None:
     assert all(ours[k].shape == theirs[k].shape for k in feature_keys)
 
 
+def test_vgg16_tv_is_torchvisions_vgg16_with_the_first_linear_as_a_conv() -> None:
+    config = ModelConfig("vgg16-tv", 3, 1000, 224, full_widths("vgg16-tv", 224))
+    ours = {key: spec.shape for key, spec in model_graph(config).state().items()}
+    with torch.device("meta"):
+        theirs = {key: tuple(t.shape) for key, t in torchvision.models.vgg16().state_dict().items()}
+    assert list(ours) == list(theirs)
+    assert {key for key in ours if ours[key] != theirs[key]} == {"classifier.0.weight"}
+    assert ours["classifier.0.weight"] == (4096, 512, 7, 7)  # torchvision: (4096, 512 * 49)
+    assert model_graph(config).producers()["classifier.3"] == ["classifier.3"]
+    assert model_graph(config).macs() == 15_470_264_320  # torchvision's 15.47 GFLOPs (MACs)
+
+
 @pytest.mark.parametrize("arch", SMALL_ARCHS)
 def test_config_round_trip(arch: str) -> None:
     model = build_model(arch, in_channels=1, num_classes=5, input_size=28, width_mult=0.25)
@@ -126,7 +138,7 @@ def _mask_channels(model: NestNet, removed: dict[str, torch.Tensor]) -> None:
                     modules[name].bias[removed[group]] = 0
 
 
-@pytest.mark.parametrize("arch", ["vgg11", "resnet20", "resnet50", "mobilenetv2"])
+@pytest.mark.parametrize("arch", ["vgg11", "vgg16-tv", "resnet20", "resnet50", "mobilenetv2"])
 def test_extract_equals_masking_in_the_larger_model(arch: str) -> None:
     torch.manual_seed(0)
     model = build_model(arch, in_channels=3, input_size=32, width_mult=0.25)
@@ -244,7 +256,6 @@ def _train_frozen(model: NestNet, freezer: Freezer, data: TensorDataset) -> None
         torch.nn.functional.cross_entropy(model(images[:16]), labels[:16]).backward()
         optimizer.step()
         freezer.restore()
-    freezer.release()
     model.eval()
 
 
