@@ -2,9 +2,9 @@
 
 Every command has a module exposing `configure_<command>(parser)` and `run_<command>(args) ->
 int`: the stage packages' `cli` modules (pruning, recovery, profiles, scheduler, api), and
-for the core's own commands the modules of this package (train, inspect, export, demo).
-A command's module is imported only when that command is chosen, so `nestdnn --help` stays
-fast. A NestError anywhere ends the command with one line on stderr and exit code 2.
+for the core's own commands the modules of this package (train, import, inspect, export,
+demo). A command's module is imported only when that command is chosen, so `nestdnn --help`
+stays fast. A NestError anywhere ends the command with one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
 COMMANDS = (
     Command("train", "train a vanilla model on a data set", "nestdnn.cli.train"),
+    Command("import", "import a torchvision model's fine-tuned weights", "nestdnn.cli.import_"),
     Command("prune", "TRR filter pruning: seed model and roadmap", "pruning.cli"),
     Command("recover", "freeze-&-grow: build the multi-capacity model", "recovery.cli"),
     Command("inspect", "show what a .nest file or a checkpoint holds", "nestdnn.cli.inspect"),
