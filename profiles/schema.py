@@ -319,6 +319,8 @@ def load_profile(path: str | Path) -> Profile:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise NestError(f"{path} is not JSON: {e}") from e
+    except RecursionError:
+        raise NestError(f"{path} is not a profile: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise NestError(f"{path} is not a profile: expected a JSON object")
     version = data.get("schema_version")
