@@ -14,9 +14,18 @@ from scheduler.problem import METHODS, POLICIES, Method, Policy
 OVERFLOWS: tuple[Overflow, ...] = ("drop-oldest", "refuse")
 
 
-def _positive(name: str, value: float | None) -> None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise NestError(f"{name} must be a positive number, got {value}")
+TARGET_LATENCY_S_RANGE = (1e-4, 3600.0)
+"""An app's latency target: 0.1 ms to one hour (beyond, the cost model's ratios overflow)."""
+FPS_RANGE = (1e-3, 1e4)
+"""An app's frame rate: one frame per 1000 s to 10,000 frames per second."""
+PRIORITY_RANGE = (1e-3, 1e3)
+"""An app's priority, its weight in the schedule's cost."""
+
+
+def _within(name: str, value: float | None, bounds: tuple[float, float]) -> None:
+    low, high = bounds
+    if value is not None and not (math.isfinite(value) and low <= value <= high):
+        raise NestError(f"{name} must lie in [{low:g}, {high:g}], got {value}")
 
 
 @dataclass(frozen=True)
@@ -33,9 +42,9 @@ class AppSpec:
     def __post_init__(self) -> None:
         if self.target_latency_s is None and self.fps is None:
             raise NestError("an app needs target_latency_s or fps (or both)")
-        _positive("target_latency_s", self.target_latency_s)
-        _positive("fps", self.fps)
-        _positive("priority", self.priority)
+        _within("target_latency_s", self.target_latency_s, TARGET_LATENCY_S_RANGE)
+        _within("fps", self.fps, FPS_RANGE)
+        _within("priority", self.priority, PRIORITY_RANGE)
         if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
             raise NestError(f"min_accuracy must lie in [0, 1], got {self.min_accuracy}")
 
