@@ -1,13 +1,21 @@
 """Turn a request body (PNG/JPEG, .npy or JSON nested lists) into a model's normalised input.
 
-Rules (also in docs/api.md):
+numpy and Pillow only (no torch): the result is a C-contiguous float32 (C, H, W) array, what
+`Runtime.submit` takes. Rules (also in docs/api.md):
+
 - Images and ``uint8`` arrays are *pixels*: converted to the model's channels (grey <-> RGB,
-  alpha dropped), resized to (H, W) and normalised with the model's mean/std.
+  alpha dropped), resized to (H, W) (Pillow's bilinear filter) and normalised with the model's
+  mean/std.
 - Float arrays (``.npy`` float16/32/64, JSON numbers) are the *model input* as is (already
-  normalised): a wrong spatial size is resized bilinearly; a wrong channel count is refused,
+  normalised): a wrong spatial size is resized bilinearly, antialiased when shrinking
+  (Pillow's filter on 32-bit float planes: within 4e-6 of torch's ``interpolate(mode=
+  "bilinear", antialias=True)``, which it replaces); a wrong channel count is refused,
   because converting normalised channels is not well defined.
 - Array layouts: (C, H, W), (H, W, C) with C in {1, 3, 4}, (H, W), with leading axes of size 1
   ignored.
+
+Limits: a frame has at most ``FrameSpec.max_pixels`` pixels (H x W), checked from the image or
+array header before any pixel is decoded; float values lie within +-`MAX_ABS_INPUT`.
 """
 
 from __future__ import annotations
@@ -16,12 +24,12 @@ import functools
 import io
 import json
 import math
+import struct
+import tokenize
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from nestdnn.errors import NestError
 
@@ -30,7 +38,13 @@ IMAGE_TYPES = ("image/png", "image/jpeg")
 JSON_TYPES = ("application/json",)
 MULTIPART_TYPES = ("multipart/form-data",)
 NPY_MAGIC = b"\x93NUMPY"
+IMAGE_FORMATS = ("PNG", "JPEG")
+MAX_ABS_INPUT = 1e4
+"""Largest magnitude of a float (normalised) input value; normalised frames are a few units,
+and a finite but huge value (3e38) would overflow the model into NaN outputs."""
 _CHANNEL_COUNTS = (1, 3, 4)
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error)
+"""What Pillow raises on a malformed or truncated file (UnidentifiedImageError is an OSError)."""
 
 
 class FrameError(NestError):
@@ -50,7 +64,7 @@ class FrameSpec:
     width: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    max_pixels: int = 4096 * 4096
+    max_pixels: int = 1024 * 1024
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -70,8 +84,8 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def decode_frame(body: bytes, content_type: str | None, spec: FrameSpec) -> torch.Tensor:
-    """Decode a request body of a given content type into a (C, H, W) float32 tensor."""
+def decode_frame(body: bytes, content_type: str | None, spec: FrameSpec) -> np.ndarray:
+    """Decode a request body of a given content type into a (C, H, W) float32 array."""
     kind = media_type(content_type)
     if not body:
         raise FrameError(f"empty body: {spec.expected()}")
@@ -98,6 +112,9 @@ def sniff_type(data: bytes) -> str | None:
     return None
 
 
+# ----------------------------------------------------------------------------- .npy and JSON
+
+
 def load_npy(body: bytes) -> np.ndarray:
     """Read one array from .npy bytes (format 1.0 or 2.0) without ever unpickling."""
     end = _header_end(body)
@@ -108,9 +125,11 @@ def load_npy(body: bytes) -> np.ndarray:
             f"body is not a readable .npy array: {len(body) - end} data bytes for shape"
             f" {shape} of {dtype}"
         )
-    return np.frombuffer(body, dtype=dtype, count=count, offset=end).reshape(
-        shape, order="F" if fortran else "C"
-    )
+    try:
+        data = np.frombuffer(body, dtype=dtype, count=count, offset=end)
+        return data.reshape(shape, order="F" if fortran else "C")
+    except ValueError:  # e.g. a zero-size shape whose other dimensions overflow
+        raise FrameError(f"body is not a readable .npy array: shape {shape}") from None
 
 
 def _header_end(body: bytes) -> int:
@@ -127,51 +146,74 @@ def _header_end(body: bytes) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
-    """dtype, shape and order of a .npy header (numpy's safe parser; cached, frames repeat)."""
+    """dtype, shape and order of a .npy header (numpy's safe parser; cached, frames repeat).
+
+    Only plain uint8 and float arrays of non-negative dimensions are taken: no objects (never
+    unpickled), no structured or subarray dtypes."""
     stream = io.BytesIO(header)
     try:
         version = np.lib.format.read_magic(stream)
         read = {(1, 0): np.lib.format.read_array_header_1_0,
                 (2, 0): np.lib.format.read_array_header_2_0}[version]  # fmt: skip
         shape, fortran, dtype = read(stream)
-    except (ValueError, KeyError, OSError, EOFError, SyntaxError) as exc:
-        raise FrameError(f"body is not a readable .npy array: {exc}") from None
+    except (ValueError, KeyError, OSError, EOFError, SyntaxError, TypeError, RecursionError,
+            tokenize.TokenError):  # fmt: skip
+        raise FrameError("body is not a readable .npy array: malformed header") from None
     if dtype.hasobject:
         raise FrameError("body is not a readable .npy array: object arrays are refused")
+    if any(not isinstance(n, int) or n < 0 for n in shape):
+        raise FrameError(f"body is not a readable .npy array: invalid shape {shape}")
+    if dtype.names is not None or dtype.subdtype is not None or not _is_frame_dtype(dtype):
+        raise FrameError(
+            f"array dtype {dtype} not supported:"
+            " send uint8 pixels or float16/32/64 model input"
+        )
     return dtype, shape, fortran
+
+
+def _is_frame_dtype(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" or dtype == np.uint8
 
 
 def load_json_frame(body: bytes) -> np.ndarray:
     """Read {"frame": nested lists of numbers} into a float array."""
     try:
         data = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise FrameError(f"body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError):
+        raise FrameError("body is not valid JSON") from None
     if not isinstance(data, dict) or set(data) != {"frame"}:
         raise FrameError('JSON body must be an object with exactly one key, "frame"')
     try:
         return np.asarray(data["frame"], dtype=np.float32)
-    except (ValueError, TypeError, RecursionError):
+    except (ValueError, TypeError, RecursionError, OverflowError):
         raise FrameError('"frame" must be rectangular nested lists of numbers') from None
 
 
-def from_array(array: np.ndarray, spec: FrameSpec) -> torch.Tensor:
+# ----------------------------------------------------------------------------- arrays
+
+
+def from_array(array: np.ndarray, spec: FrameSpec) -> np.ndarray:
     """Convert an array of pixels (uint8) or of model input (float) to the model's input."""
     if array.dtype == np.uint8:
         return from_pixels(to_chw(array, spec), spec)
     if array.dtype.kind != "f":
         raise FrameError(f"array dtype {array.dtype} not supported: {spec.expected()}")
     chw = to_chw(array, spec)
-    if not np.isfinite(chw).all():
-        raise FrameError("frame has NaN or infinite values")
     if chw.shape[0] != spec.channels:
         raise FrameError(
             f"float frame has {chw.shape[0]} channels, the model takes {spec.channels}; float "
             "arrays are normalised model input, so channels are not converted: send uint8 "
             "pixels or an image to have them converted"
         )
-    tensor = torch.from_numpy(np.array(chw, dtype=np.float32, order="C"))  # owned, writable
-    return resize(tensor, spec.height, spec.width)
+    frame = np.array(chw, dtype=np.float32, order="C")  # owned, writable
+    if not np.isfinite(frame).all():
+        raise FrameError("frame has NaN or infinite values")
+    if np.abs(frame).max() > MAX_ABS_INPUT:
+        raise FrameError(
+            f"frame has values beyond +-{MAX_ABS_INPUT:g}: float arrays are normalised model"
+            " input (a few units); send uint8 pixels or an image for raw pixel values"
+        )
+    return resize(frame, spec.height, spec.width)
 
 
 def to_chw(array: np.ndarray, spec: FrameSpec) -> np.ndarray:
@@ -182,17 +224,16 @@ def to_chw(array: np.ndarray, spec: FrameSpec) -> np.ndarray:
         array = array[None]
     if array.ndim != 3 or 0 in array.shape:
         raise FrameError(f"array of shape {tuple(array.shape)}: {spec.expected()}")
-    if array.size > spec.max_pixels * 4:
-        raise FrameError(f"array of shape {tuple(array.shape)} is too large")
     first, last = array.shape[0], array.shape[2]
-    if first == spec.channels or (first in _CHANNEL_COUNTS and last != spec.channels):
-        return array
-    if last in _CHANNEL_COUNTS:
-        return np.moveaxis(array, 2, 0)
-    raise FrameError(f"array of shape {tuple(array.shape)}: {spec.expected()}")
+    if not (first == spec.channels or (first in _CHANNEL_COUNTS and last != spec.channels)):
+        if last not in _CHANNEL_COUNTS:
+            raise FrameError(f"array of shape {tuple(array.shape)}: {spec.expected()}")
+        array = np.moveaxis(array, 2, 0)
+    _check_pixels(array.shape[1], array.shape[2], spec)
+    return array
 
 
-def from_pixels(chw: np.ndarray, spec: FrameSpec) -> torch.Tensor:
+def from_pixels(chw: np.ndarray, spec: FrameSpec) -> np.ndarray:
     """Convert (C, H, W) uint8 pixels to the model's input via the image path."""
     channels = chw.shape[0]
     if channels not in _CHANNEL_COUNTS:
@@ -202,50 +243,65 @@ def from_pixels(chw: np.ndarray, spec: FrameSpec) -> torch.Tensor:
     return image_to_input(image, spec)
 
 
-def from_image(body: bytes, spec: FrameSpec) -> torch.Tensor:
-    """Decode a PNG or JPEG file into the model's input."""
+def resize(chw: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a float32 (C, H, W) array, antialiased when shrinking (Pillow's
+    filter on 32-bit float planes); the array itself when it already has that size."""
+    if chw.shape[1:] == (height, width):
+        return chw
+    planes = [
+        np.asarray(Image.fromarray(plane).resize((width, height), Image.Resampling.BILINEAR))
+        for plane in chw
+    ]
+    return np.stack(planes).astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def from_image(body: bytes, spec: FrameSpec) -> np.ndarray:
+    """Decode a PNG or JPEG file into the model's input; its size is checked from the header,
+    before any pixel is decoded."""
     try:
-        image = Image.open(io.BytesIO(body), formats=["PNG", "JPEG"])
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise FrameError(f"body is not a readable PNG or JPEG image: {exc}") from None
-    if image.width * image.height > spec.max_pixels:
+        image = Image.open(io.BytesIO(body), formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError:
         raise FrameError(
-            f"image is {image.width}x{image.height}, more than {spec.max_pixels} pixels"
-        )
+            f"image has far more than {spec.max_pixels} pixels (a decompression bomb?)"
+        ) from None
+    except _DECODE_ERRORS:
+        raise FrameError("body is not a readable PNG or JPEG image") from None
+    _check_pixels(image.height, image.width, spec)
     try:
         image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise FrameError(f"image could not be decoded: {exc}") from None
-    return image_to_input(image, spec)
+        return image_to_input(image, spec)
+    except (*_DECODE_ERRORS, Image.DecompressionBombError):
+        raise FrameError("image could not be decoded: truncated or corrupt file") from None
 
 
-def image_to_input(image: Image.Image, spec: FrameSpec) -> torch.Tensor:
+def image_to_input(image: Image.Image, spec: FrameSpec) -> np.ndarray:
     """Convert channels, resize to (H, W) and normalise a PIL image."""
     if spec.channels not in (1, 3):
         raise FrameError(f"the model takes {spec.channels} channels; images give 1 or 3")
     try:
         image = image.convert("L" if spec.channels == 1 else "RGB")
-    except ValueError as exc:
-        raise FrameError(f"image mode {image.mode} cannot be converted: {exc}") from None
+    except ValueError:
+        raise FrameError(f"image mode {image.mode} cannot be converted") from None
     if image.size != (spec.width, spec.height):
         image = image.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.float32) / 255.0
     chw = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, 2, 0)
-    return normalise(torch.from_numpy(np.ascontiguousarray(chw)), spec)
+    return normalise(np.ascontiguousarray(chw), spec)
 
 
-def normalise(tensor: torch.Tensor, spec: FrameSpec) -> torch.Tensor:
-    """Subtract the model's per-channel mean and divide by its std."""
-    mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
-    return (tensor - mean) / std
+def normalise(chw: np.ndarray, spec: FrameSpec) -> np.ndarray:
+    """Subtract the model's per-channel mean and divide by its std (float32)."""
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
+    return (chw - mean) / std
 
 
-def resize(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear resize of a (C, H, W) tensor; a no-op when it already has that size."""
-    if tensor.shape[1:] == (height, width):
-        return tensor
-    out = F.interpolate(
-        tensor[None], size=(height, width), mode="bilinear", align_corners=False, antialias=True
-    )
-    return out[0].contiguous()
+def _check_pixels(height: int, width: int, spec: FrameSpec) -> None:
+    if height * width > spec.max_pixels:
+        raise FrameError(
+            f"frame is {width}x{height}, more than the {spec.max_pixels} pixels allowed for"
+            f" this model (its input is {spec.width}x{spec.height}): downscale it first"
+        )

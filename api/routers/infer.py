@@ -22,7 +22,7 @@ import heapq
 import time
 from typing import Annotated, Any
 
-import torch
+import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field, TypeAdapter, ValidationError
@@ -130,7 +130,7 @@ async def _serve(request: Request) -> Response:
     return await infer(request, request.path_params["app_id"])
 
 
-async def _read_frame(request: Request, spec: FrameSpec) -> torch.Tensor:
+async def _read_frame(request: Request, spec: FrameSpec) -> np.ndarray:
     """Read the body (or the multipart 'file' part) and decode it off the loop when large."""
     kind = media_type(request.headers.get("content-type"))
     if kind in MULTIPART_TYPES:
