@@ -1,4 +1,4 @@
-"""The FastAPI application factory: routers, auth, error mapping, limits and lifespan."""
+"""The FastAPI application factory: routers, auth, error mapping, limits, OpenAPI, lifespan."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.daemon import ApiSettings, Daemon
 from api.errors import install_error_handlers
-from api.middleware import BodySizeLimit, RequestCounter
+from api.middleware import BodyLimits, HostCheck, RequestCounter
+from api.openapi import install_openapi
 from api.routers import apps, health, infer, models, schedule
 from scheduler.daemon import Runtime
 
@@ -42,6 +43,10 @@ def create_app(runtime: Runtime, settings: ApiSettings) -> FastAPI:
     for module in (apps, infer, schedule, models, health):
         app.include_router(module.router)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestCounter, metrics=daemon.metrics)
+    install_openapi(app, open_registration=settings.registration == "open")
+    app.add_middleware(
+        BodyLimits, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
+    app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
+    app.add_middleware(RequestCounter, metrics=daemon.metrics)  # outermost: counts every answer
     return app

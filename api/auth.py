@@ -1,4 +1,10 @@
-"""Bearer tokens: one per app (only hashes persisted) and one admin token; FastAPI dependencies."""
+"""Bearer tokens and who may do what; the FastAPI dependencies that check them.
+
+Three kinds of token: one per app (only its hash is persisted), the admin token, and the
+registration token (creates apps, nothing else). Registration needs the registration or the
+admin token unless the daemon runs with ``--registration open``; then anyone may register, but
+a priority above the open priority cap still needs one of them (see docs/api.md).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,14 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from nestdnn.errors import NestError
 from nestdnn.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -23,7 +31,15 @@ log = logging.getLogger(__name__)
 TOKENS_FILE = "api-tokens.json"
 ADMIN_TOKEN_FILE = "admin-token"
 ADMIN_TOKEN_ENV = "NESTDNN_ADMIN_TOKEN"
+REGISTRATION_TOKEN_FILE = "registration-token"
+REGISTRATION_TOKEN_ENV = "NESTDNN_REGISTRATION_TOKEN"
+Registration = Literal["token", "open"]
+REGISTRATION_MODES: tuple[Registration, ...] = ("token", "open")
 _FORMAT = "nestdnn-api-tokens"
+
+
+class PriorityAboveCap(NestError):
+    """An untrusted caller asked for a priority above the open-registration cap."""
 
 
 def new_token() -> str:
@@ -36,16 +52,17 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def resolve_admin_token(state_dir: Path) -> str:
-    """The admin token from the environment, else a new one written to the state dir (0600)."""
-    from_env = os.environ.get(ADMIN_TOKEN_ENV, "")
+def resolve_token(state_dir: Path, env: str, filename: str, what: str) -> str:
+    """A token from the environment variable ``env``, else a new one written to
+    ``state_dir/filename`` (mode 0600) at every start."""
+    from_env = os.environ.get(env, "")
     if from_env:
-        log.info("admin token taken from %s", ADMIN_TOKEN_ENV)
+        log.info("%s token taken from %s", what, env)
         return from_env
     token = new_token()
-    path = state_dir / ADMIN_TOKEN_FILE
+    path = state_dir / filename
     atomic_write(path, token + "\n", mode=0o600)
-    log.info("admin token generated and written to %s (mode 0600)", path)
+    log.info("%s token generated and written to %s (mode 0600)", what, path)
     return token
 
 
@@ -108,24 +125,70 @@ class TokenStore:
 
 
 class Authenticator:
-    """Decides who a bearer token belongs to."""
+    """Decides who a bearer token belongs to and what an untrusted caller may ask for."""
 
     def __init__(
-        self, store: TokenStore, admin_token: str, app_exists: Callable[[str], bool]
+        self,
+        store: TokenStore,
+        admin_token: str,
+        registration_token: str,
+        app_exists: Callable[[str], bool],
+        policy: RegistrationPolicy,
     ) -> None:
         self.store = store
         self.app_exists = app_exists
+        self.policy = policy
         self._admin_hash = token_hash(admin_token)
+        self._registration_hash = token_hash(registration_token)
 
     def is_admin(self, token: str) -> bool:
         """Whether the token is the admin token (constant-time comparison)."""
         return hmac.compare_digest(self._admin_hash, token_hash(token))
+
+    def may_register(self, token: str) -> bool:
+        """Whether the token is the registration or the admin token (constant-time)."""
+        digest = token_hash(token)
+        registrar = hmac.compare_digest(self._registration_hash, digest)
+        return hmac.compare_digest(self._admin_hash, digest) or registrar
+
+
+@dataclass(frozen=True)
+class RegistrationPolicy:
+    """Who may register apps, and the highest priority an untrusted caller may set."""
+
+    mode: Registration = "token"
+    open_priority_cap: float = 1.0
+
+    def check_priority(self, priority: float | None, *, trusted: bool) -> None:
+        """Refuse (`PriorityAboveCap`) a priority above the cap from an untrusted caller in
+        open mode (trusted: the registration or admin token at registration, the admin token
+        afterwards)."""
+        if self.mode == "open" and not trusted and (priority or 0.0) > self.open_priority_cap:
+            raise PriorityAboveCap(
+                f"priority {priority:g} is above {self.open_priority_cap:g}, the most an app "
+                "may claim without the registration or admin token (--registration open)"
+            )
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who acts on an app: its own token, or the admin token."""
+
+    app_id: str
+    admin: bool
 
 
 app_bearer = HTTPBearer(
     scheme_name="AppToken",
     auto_error=False,
     description="The token returned when the app was registered (the admin token also works).",
+)
+registration_bearer = HTTPBearer(
+    scheme_name="RegistrationToken",
+    auto_error=False,
+    description=f"The daemon's registration token ({REGISTRATION_TOKEN_ENV} or "
+    f"STATE_DIR/{REGISTRATION_TOKEN_FILE}; the admin token also works). Optional with "
+    "--registration open, but needed there for a priority above the open cap.",
 )
 admin_bearer = HTTPBearer(
     scheme_name="AdminToken",
@@ -160,12 +223,14 @@ def bearer_credentials(authorization: str | None) -> HTTPAuthorizationCredential
 
 def check_app_token(
     auth: Authenticator, app_id: str, credentials: HTTPAuthorizationCredentials | None
-) -> str:
-    """The app id if the credentials are that app's token or the admin token; else 401 (no
+) -> Caller:
+    """The caller if the credentials are that app's token or the admin token; else 401 (no
     token), 404 (no such app) or 403 (another token), as an HTTPException."""
     token = _token(credentials)
-    if auth.store.verify(app_id, token) or auth.is_admin(token):
-        return app_id
+    if auth.store.verify(app_id, token):
+        return Caller(app_id, admin=False)
+    if auth.is_admin(token):
+        return Caller(app_id, admin=True)
     if not auth.app_exists(app_id):
         raise HTTPException(status_code=404, detail=f"no app with id {app_id!r}")
     raise HTTPException(status_code=403, detail=f"this token does not belong to app {app_id!r}")
@@ -175,9 +240,32 @@ async def require_app_token(
     app_id: str,
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(app_bearer)],
-) -> str:
-    """Dependency: the caller holds this app's token (or the admin token); returns the app id."""
+) -> Caller:
+    """Dependency: the caller holds this app's token (or the admin token)."""
     return check_app_token(_authenticator(request), app_id, credentials)
+
+
+async def require_registrar(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(registration_bearer)],
+) -> bool:
+    """Dependency: the caller may register apps; returns whether it is trusted (holds the
+    registration or admin token). No token: 401, unless registration is open."""
+    auth = _authenticator(request)
+    if credentials is None or not credentials.credentials:
+        if auth.policy.mode == "open":
+            return False
+        raise HTTPException(
+            status_code=401,
+            detail="registering an app needs the registration token or the admin token (header"
+            " 'Authorization: Bearer TOKEN'; the daemon runs with --registration token)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not auth.may_register(credentials.credentials):
+        raise HTTPException(
+            status_code=403, detail="this token cannot register apps: send the registration token"
+        )
+    return True
 
 
 async def require_admin(
@@ -189,4 +277,5 @@ async def require_admin(
         raise HTTPException(status_code=403, detail="this endpoint needs the admin token")
 
 
-AppId = Annotated[str, Depends(require_app_token)]
+AppCaller = Annotated[Caller, Depends(require_app_token)]
+Trusted = Annotated[bool, Depends(require_registrar)]

@@ -8,13 +8,17 @@ import importlib.util
 import logging
 import os
 import re
+import resource
 import socket
 from pathlib import Path
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from api.app import create_app
-from api.daemon import ApiSettings
+from api.auth import REGISTRATION_MODES
+from api.daemon import LOOPBACK_NAMES, ApiSettings
+from api.server import ConnectionGuard, guarded_protocol
 from nestdnn.errors import NestError
 from profiles.schema import BACKENDS, DEFAULT_BACKEND
 from scheduler.daemon import OVERFLOWS, ModelCatalogue, Runtime, RuntimeSettings
@@ -40,6 +44,10 @@ _UNITS = {
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 GRACEFUL_SHUTDOWN_S = 30
+BACKLOG = 128
+FD_RESERVE = 64
+"""File descriptors kept for everything but client connections (model files, state, logs)."""
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 
 def parse_size(text: str) -> int:
@@ -119,6 +127,92 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
         help="largest request body accepted (413 above)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument(
+        "--registration",
+        choices=REGISTRATION_MODES,
+        default="token",
+        help="token (default): creating an app needs the registration token "
+        "(STATE_DIR/registration-token or $NESTDNN_REGISTRATION_TOKEN) or the admin token; "
+        "open: any local process may, at a priority of at most --open-priority-cap",
+    )
+    parser.add_argument(
+        "--open-priority-cap",
+        type=float,
+        default=1.0,
+        help="highest priority an app may claim without a token (--registration open)",
+    )
+    parser.add_argument(
+        "--allowed-hosts",
+        default="",
+        metavar="NAMES",
+        help="comma-separated Host header names answered besides the loopback names and "
+        "--host ('*': any; refused hosts get 421, the DNS-rebinding guard)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=default_max_connections(),
+        help="open connections at most; beyond, the longest-idle one is closed (default: "
+        f"256, or the descriptor limit minus {FD_RESERVE} if lower)",
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=ApiSettings.max_image_pixels,
+        help="absolute cap on a frame's pixels; the cap per model is "
+        f"{ApiSettings.pixels_per_input_pixel} times its input H x W if lower",
+    )
+    parser.add_argument(
+        "--decode-slots",
+        type=int,
+        default=ApiSettings.decode_slots,
+        help="image and large-frame decodes run at once at most (each may take a few MB)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=ApiSettings.header_timeout_s,
+        metavar="SECONDS",
+        help="a connection that does not complete a request's headers in time is closed",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=ApiSettings.body_timeout_s,
+        metavar="SECONDS",
+        help="a request body that does not arrive in time gets 408",
+    )
+
+
+def default_max_connections() -> int:
+    """256, or fewer when the process's descriptor limit leaves less than that."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 256
+    return max(8, min(256, soft - FD_RESERVE))
+
+
+def api_settings(args: argparse.Namespace) -> ApiSettings:
+    """The HTTP layer's settings from `nestdnn serve`'s options."""
+    for name in ("max_connections", "max_image_pixels", "decode_slots"):
+        if getattr(args, name) < 1:
+            raise NestError(f"--{name.replace('_', '-')} must be at least 1")
+    if min(args.header_timeout, args.body_timeout, args.open_priority_cap) <= 0:
+        raise NestError("--header-timeout, --body-timeout and --open-priority-cap must be > 0")
+    extra = [name.strip() for name in args.allowed_hosts.split(",") if name.strip()]
+    bound = [] if args.host in WILDCARD_HOSTS else [args.host]
+    return ApiSettings(
+        state_dir=args.state_dir,
+        registration=args.registration,
+        open_priority_cap=args.open_priority_cap,
+        allowed_hosts=(*LOOPBACK_NAMES, *bound, *extra),
+        max_body_bytes=args.max_body,
+        body_timeout_s=args.body_timeout,
+        max_image_pixels=args.max_image_pixels,
+        decode_slots=args.decode_slots,
+        max_connections=args.max_connections,
+        header_timeout_s=args.header_timeout,
+    )
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -132,7 +226,7 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
-        sock.listen(2048)
+        sock.listen(BACKLOG)
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
@@ -165,6 +259,7 @@ def load_catalogue(models: Path) -> ModelCatalogue:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until interrupted; in-flight requests finish and the state is saved on the way out."""
+    settings = api_settings(args)
     catalogue = load_catalogue(args.models)
     sock = bind(args.host, args.port)
     runtime = Runtime(
@@ -181,25 +276,39 @@ def run_serve(args: argparse.Namespace) -> int:
             overflow=args.overflow,
         ),
     )
-    app = create_app(runtime, ApiSettings(state_dir=args.state_dir, max_body_bytes=args.max_body))
+    app = create_app(runtime, settings)
+    metrics = app.state.daemon.metrics
+    guard = ConnectionGuard(
+        settings.max_connections,
+        settings.header_timeout_s,
+        settings.max_header_bytes,
+        on_close=lambda reason: metrics.connections_closed.labels(reason).inc(),
+    )
     config = uvicorn.Config(
         app,
+        http=guarded_protocol(AutoHTTPProtocol, guard),
+        ws="none",
         log_config=None,
         access_log=args.access_log,
+        backlog=BACKLOG,
+        timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         server_header=False,
     )
     server = uvicorn.Server(config)
     host, port = sock.getsockname()[:2]
     log.info(
         "nestdnn serve on http://%s:%d (budget %d bytes, policy %s, backend %s, models %s;"
-        " event loop %s, HTTP parser %s)",
+        " registration %s, at most %d connections; event loop %s, HTTP parser %s)",
         host,
         port,
         args.memory_budget,
         args.policy,
         args.backend,
         ", ".join(sorted(catalogue.entries)),
+        settings.registration,
+        settings.max_connections,
         *fast_paths(),
     )
     server.run(sockets=[sock])

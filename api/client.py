@@ -6,7 +6,9 @@
     client.unregister(app.id)
 
 The client remembers each registered app's token; pass ``token=`` to act on an app
-registered elsewhere, ``admin_token=`` for `set_schedule`.
+registered elsewhere, ``registration_token=`` (or ``admin_token=``) to register apps when the
+daemon runs with ``--registration token`` (its default), ``admin_token=`` for `set_schedule`.
+Errors are RFC 9457 problem details: `ApiError` has their status, detail and whole body.
 """
 
 from __future__ import annotations
@@ -59,10 +61,12 @@ class DaemonClient:
         *,
         timeout: float = 30.0,
         admin_token: str | None = None,
+        registration_token: str | None = None,
         http: httpx.Client | None = None,
     ) -> None:
         self.http = http or httpx.Client(base_url=base_url, timeout=timeout)
         self.admin_token = admin_token
+        self.registration_token = registration_token
         self.tokens: dict[str, str] = {}
 
     def close(self) -> None:
@@ -87,7 +91,8 @@ class DaemonClient:
         min_accuracy: float | None = None,
         name: str | None = None,
     ) -> Registration:
-        """Register an app and remember its token."""
+        """Register an app (with the registration or admin token, if given) and remember
+        its token."""
         body = {
             "model": model,
             "target_latency_ms": target_latency_ms,
@@ -96,7 +101,12 @@ class DaemonClient:
             "min_accuracy": min_accuracy,
             "name": name,
         }
-        data = self._call("POST", "/v1/apps", json={k: v for k, v in body.items() if v is not None})
+        data = self._call(
+            "POST",
+            "/v1/apps",
+            json={k: v for k, v in body.items() if v is not None},
+            token=self.registration_token or self.admin_token,
+        )
         self.tokens[data["id"]] = data["token"]
         return Registration(data["id"], data["token"], data["descendant"], data["share"], data)
 

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from api.auth import TOKENS_FILE, Authenticator, TokenStore, resolve_admin_token
+import numpy as np
+
+from api.auth import (
+    ADMIN_TOKEN_ENV,
+    ADMIN_TOKEN_FILE,
+    REGISTRATION_TOKEN_ENV,
+    REGISTRATION_TOKEN_FILE,
+    TOKENS_FILE,
+    Authenticator,
+    Registration,
+    RegistrationPolicy,
+    TokenStore,
+    resolve_token,
+)
 from api.frames import FrameSpec
 from api.metrics import ApiMetrics
 from scheduler.daemon import (
@@ -25,15 +38,42 @@ from scheduler.daemon import (
 
 log = logging.getLogger(__name__)
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
 
 @dataclass(frozen=True)
 class ApiSettings:
-    """Settings of the HTTP layer (the runtime has its own)."""
+    """Settings of the HTTP layer, from `nestdnn serve`'s options (the runtime has its own).
+
+    Access: ``registration`` (``token``: creating an app needs the registration or admin
+    token; ``open``: anyone may, at a priority of at most ``open_priority_cap``) and
+    ``allowed_hosts`` (Host header names, any port; ``*`` allows any). Limits: request bodies
+    (bytes, and seconds to arrive), JSON frames, image pixels (``pixels_per_input_pixel``
+    times the model's H x W, never more than ``max_image_pixels``), concurrent decodes; and
+    for the server below the app, connections, header bytes and seconds, keep-alive idle
+    seconds (see `api.server`).
+    """
 
     state_dir: Path
+    registration: Registration = "token"
+    open_priority_cap: float = 1.0
+    allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES
     max_body_bytes: int = 8 << 20
-    max_image_pixels: int = 4096 * 4096
+    body_timeout_s: float = 30.0
+    max_json_frame_bytes: int = 1 << 20
+    max_image_pixels: int = 1024 * 1024
+    pixels_per_input_pixel: int = 256
+    decode_slots: int = 2
+    max_connections: int = 256
+    max_header_bytes: int = 64 << 10
+    header_timeout_s: float = 10.0
+    keep_alive_s: int = 5
     top_k: int = 5
+
+    def image_pixels(self, height: int, width: int) -> int:
+        """The most pixels a frame for a model of input H x W may have."""
+        derived = self.pixels_per_input_pixel * height * width
+        return max(height * width, min(derived, self.max_image_pixels))
 
 
 class Daemon:
@@ -46,13 +86,22 @@ class Daemon:
         self.metrics = ApiMetrics(runtime.snapshot)
         self.tokens = TokenStore(settings.state_dir / TOKENS_FILE)
         self.auth: Authenticator | None = None
+        self.registration = RegistrationPolicy(settings.registration, settings.open_priority_cap)
+        self.decodes = asyncio.Semaphore(settings.decode_slots)
         self.started = time.monotonic()
 
     def start(self) -> None:
         """Start the runtime (restoring apps), load tokens and forget those of vanished apps."""
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir = self.settings.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
         self.auth = Authenticator(
-            self.tokens, resolve_admin_token(self.settings.state_dir), self.app_exists
+            self.tokens,
+            resolve_token(state_dir, ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE, "admin"),
+            resolve_token(
+                state_dir, REGISTRATION_TOKEN_ENV, REGISTRATION_TOKEN_FILE, "registration"
+            ),
+            self.app_exists,
+            self.registration,
         )
         self.runtime.start()
         self.tokens.load()
@@ -114,12 +163,11 @@ class Daemon:
     def frame_spec(self, entry: CatalogueEntry) -> FrameSpec:
         """What frames for this model must look like."""
         c, h, w = entry.input_shape
-        return FrameSpec(
-            c, h, w, tuple(entry.mean), tuple(entry.std), max_pixels=self.settings.max_image_pixels
-        )
+        pixels = self.settings.image_pixels(h, w)
+        return FrameSpec(c, h, w, tuple(entry.mean), tuple(entry.std), max_pixels=pixels)
 
-    def submit(self, app_id: str, frame: Any) -> Future[Prediction]:
-        """Queue one normalised frame for an app."""
+    def submit(self, app_id: str, frame: np.ndarray) -> Future[Prediction]:
+        """Queue one normalised (C, H, W) float32 frame for an app."""
         return self.runtime.submit(app_id, frame)
 
     def log_plan(self, event: str, app_id: str | None, snap: Snapshot | None = None) -> None:

@@ -85,6 +85,19 @@ class ApiMetrics:
             ["event"],
             registry=self.registry,
         )
+        self.bad_outputs = Counter(
+            "nestdnn_bad_model_outputs",
+            "Frames whose model output was NaN or infinite (answered 502, never served).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.connections_closed = Counter(
+            "nestdnn_http_connections_closed",
+            "Connections the daemon closed or refused: header_timeout, headers_too_large, "
+            "idle_evicted (to admit a new one at the limit), over_limit (refused with 503).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.registry.register(RuntimeCollector(snapshot))
 
     def forget_app(self, app_id: str) -> None:

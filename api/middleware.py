@@ -1,21 +1,35 @@
-"""Pure ASGI middleware: request body size limit (413) and per-route request counting."""
+"""Pure ASGI middleware: the Host check, request body limits and per-route request counting."""
 
 from __future__ import annotations
 
-import json
+import asyncio
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.metrics import ApiMetrics
+from api.problems import problem
+from nestdnn.errors import NestError
+
+CLOSE = {"connection": "close"}
 
 
-class BodySizeLimit:
-    """Refuse bodies larger than a limit with 413, by Content-Length or while streaming."""
+class BodyTooLarge(NestError):
+    """The request body is larger than the limit."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class BodyTimeout(NestError):
+    """The request body did not arrive within the time allowed."""
+
+
+class BodyLimits:
+    """Refuse bodies larger than a limit (413, by Content-Length or while streaming) or that do
+    not arrive within a time limit from the app's first read (408): a slow or stalled sender
+    cannot hold a request, and its connection, open for ever."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -23,38 +37,39 @@ class BodySizeLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._refuse(send)
+            refusal = problem(413, self._too_large(), "body-too-large", headers=CLOSE)
+            await refusal(scope, receive, send)
             return
         received = 0
+        deadline: float | None = None
+        complete = False
 
         async def limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline, complete
+            if complete:  # the body is in; the app may wait for a disconnect as long as it likes
+                return await receive()
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self.timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise BodyTimeout(
+                    f"the request body did not arrive within {self.timeout_s:g} s"
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise HTTPException(status_code=413, detail=self._detail())
+                    raise BodyTooLarge(self._too_large())
+                complete = not message.get("more_body", False)
+            else:
+                complete = True
             return message
 
         await self.app(scope, limited, send)
 
-    def _detail(self) -> str:
+    def _too_large(self) -> str:
         return f"request body larger than the limit of {self.max_bytes} bytes"
-
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"detail": self._detail()}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -65,6 +80,43 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def host_name(host: str) -> str:
+    """The name of a Host header value: no port, no brackets, lower case, no trailing dot."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        name = host.partition(":")[0]
+    else:
+        name = host
+    return name.rstrip(".")
+
+
+class HostCheck:
+    """Answer 421 unless the Host header names this daemon (any port): a web page that rebinds
+    its DNS name to 127.0.0.1 sends its own name, so it cannot reach the API."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.any = "*" in allowed
+        self.allowed = frozenset(host_name(name) for name in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.any:
+            host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
+            if host_name(host) not in self.allowed:
+                detail = (
+                    f"Host {host!r} is not one this daemon answers to (allowed: "
+                    f"{', '.join(sorted(self.allowed))}; see --allowed-hosts)"
+                    if host
+                    else "the request has no Host header"
+                )
+                refusal = problem(421, detail, "host-not-allowed", headers=CLOSE)
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class RequestCounter:

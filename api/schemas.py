@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from scheduler.daemon.specs import FPS_RANGE, PRIORITY_RANGE, TARGET_LATENCY_S_RANGE
 from scheduler.problem import Method, Policy
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+TARGET_LATENCY_MS = {"ge": TARGET_LATENCY_S_RANGE[0] * 1000, "le": TARGET_LATENCY_S_RANGE[1] * 1000}
+FPS = {"ge": FPS_RANGE[0], "le": FPS_RANGE[1]}
+PRIORITY = {"ge": PRIORITY_RANGE[0], "le": PRIORITY_RANGE[1]}
 
 
 class _Strict(BaseModel):
-    """Request bodies reject unknown fields so that a typo is an error, not a silent no-op."""
+    """Request bodies reject unknown fields (a typo is an error, not a silent no-op) and NaN
+    or infinite numbers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class AppCreate(_Strict):
@@ -20,10 +27,15 @@ class AppCreate(_Strict):
 
     model: str = Field(min_length=1, max_length=128, description="Model name from /v1/models.")
     target_latency_ms: float | None = Field(
-        default=None, gt=0, le=3_600_000, description="Latency target per frame (ms)."
+        default=None, **TARGET_LATENCY_MS, description="Latency target per frame (ms)."
     )
-    fps: float | None = Field(default=None, gt=0, le=10_000, description="Input frame rate.")
-    priority: float = Field(default=1.0, gt=0, le=1000, description="Weight in the cost.")
+    fps: float | None = Field(default=None, **FPS, description="Input frame rate.")
+    priority: float = Field(
+        default=1.0,
+        **PRIORITY,
+        description="Weight in the cost. Without a token (--registration open) at most the "
+        "daemon's priority cap (default 1).",
+    )
     min_accuracy: float | None = Field(
         default=None, ge=0, le=1, description="Lowest acceptable descendant accuracy."
     )
@@ -39,9 +51,9 @@ class AppCreate(_Strict):
 class AppUpdate(_Strict):
     """Change an app's priority or targets; omitted fields keep their value."""
 
-    priority: float | None = Field(default=None, gt=0, le=1000)
-    target_latency_ms: float | None = Field(default=None, gt=0, le=3_600_000)
-    fps: float | None = Field(default=None, gt=0, le=10_000)
+    priority: float | None = Field(default=None, **PRIORITY)
+    target_latency_ms: float | None = Field(default=None, **TARGET_LATENCY_MS)
+    fps: float | None = Field(default=None, **FPS)
 
     @model_validator(mode="after")
     def _not_empty(self) -> AppUpdate:
@@ -197,9 +209,29 @@ class Health(BaseModel):
 
 
 class Problem(BaseModel):
-    """An error answer: what is wrong, in one sentence."""
+    """An error answer: RFC 9457 problem details (application/problem+json)."""
 
-    detail: str
+    type: str = Field(
+        description="urn:nestdnn:problem:KIND (see docs/api.md), or about:blank when the "
+        "status says it all."
+    )
+    title: str = Field(description="The kind of problem (the status phrase for about:blank).")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What is wrong with this request, in one sentence.")
+
+
+class FieldError(BaseModel):
+    """One invalid field or parameter (the value sent is never echoed)."""
+
+    loc: list[str | int] = Field(description='Where: e.g. ["body", "priority"].')
+    msg: str
+    type: str
+
+
+class ValidationProblem(Problem):
+    """A field, parameter or frame is invalid; `errors` lists invalid fields and parameters."""
+
+    errors: list[FieldError] = Field(default_factory=list)
 
 
 class InfeasibleProblem(Problem):
@@ -211,4 +243,4 @@ class InfeasibleProblem(Problem):
 class OverloadProblem(Problem):
     """The frame was not run: `dropped` (a newer frame replaced it) or `queue_full`."""
 
-    reason: str
+    reason: Literal["dropped", "queue_full"]

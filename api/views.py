@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from api.schemas import AppOut, AppStatusOut, ScheduleOut
+import re
+
+from api.schemas import AppOut, AppStatusOut, RejectedModel, ScheduleOut
 from scheduler.daemon import AppInfo, AppStatus, Snapshot
+from scheduler.daemon import RejectedModel as Rejected
+
+_DIRECTORIES = re.compile(r"(?<![\w.])/(?:[^\s/'\"]+/)+(?=[^\s/'\"])")
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -62,3 +67,9 @@ def schedule_out(snap: Snapshot) -> ScheduleOut:
         swapping=snap.swapping,
         apps=[status_out(app) for app in snap.apps],
     )
+
+
+def rejected_out(rejected: Rejected) -> RejectedModel:
+    """A rejected model file and why, without the directories of the paths in the reason
+    (the log has them; unauthenticated readers need only the file names)."""
+    return RejectedModel(name=rejected.name, reason=_DIRECTORIES.sub("", rejected.reason))

@@ -61,6 +61,7 @@ from scheduler.daemon import ModelCatalogue  # noqa: E402
 
 log = logging.getLogger("api_load")
 
+ADMIN_TOKEN = "load-test-admin"  # the daemon's admin token: it also registers the apps
 GOAL_RATIO = 0.70
 DOCUMENTED_ERRORS = {"429"}  # dropped / queue full: documented answers under overload
 
@@ -197,7 +198,7 @@ def start_server(
     options = ["--memory-budget", args.memory_budget, "--threads", str(args.threads)]
     options += ["--queue-size", str(args.queue_size)]
     server = ServeProcess(
-        models, state, port, log_path, admin_token="load-test-admin", extra_args=options
+        models, state, port, log_path, admin_token=ADMIN_TOKEN, extra_args=options
     )
     return server.start()
 
@@ -432,7 +433,7 @@ def register_targets(port: int, models_dir: Path, names: list[str]) -> list[Targ
     if missing:
         raise SystemExit(f"not servable in {models_dir}: {', '.join(missing)}")
     targets = []
-    with DaemonClient(f"http://127.0.0.1:{port}") as api:
+    with DaemonClient(f"http://127.0.0.1:{port}", admin_token=ADMIN_TOKEN) as api:
         apps = [(name, api.register(name, target_latency_ms=1000, name=f"load-{name}"))
                 for name in names]
         descendants = {a["id"]: a["descendant"] for a in api.apps()}  # after every re-plan

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.app import create_app
-from api.auth import ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE, TOKENS_FILE
+from api.auth import ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE, REGISTRATION_TOKEN_ENV, TOKENS_FILE
 from api.cli import parse_size
 from api.client import ApiError, DaemonClient, npy_bytes
 from api.daemon import ApiSettings
@@ -33,8 +33,15 @@ from profiles.synthetic import synthetic_models_dir
 from scheduler.daemon import ModelCatalogue, Runtime, RuntimeSettings
 
 ADMIN = "test-admin-token"
+REGISTRAR = "test-registration-token"
 SHAPE = (1, 16, 16)
 MAX_BODY = 256 << 10
+
+
+@pytest.fixture(autouse=True)
+def registration_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every daemon of these tests takes REGISTRAR as its registration token."""
+    monkeypatch.setenv(REGISTRATION_TOKEN_ENV, REGISTRAR)
 
 
 @pytest.fixture(scope="session")
@@ -56,13 +63,16 @@ def sizes(models_dir: Path) -> dict[str, int]:
     return {"best": best, "best_bytes": table[best].bytes, "smallest_bytes": table[0].bytes}
 
 
-def make_client(models_dir: Path, state: Path, budget: int, **settings: object) -> TestClient:
-    """A TestClient over a fresh runtime (enter it to run the lifespan)."""
+def make_client(
+    models_dir: Path, state: Path, budget: int, api: dict | None = None, **settings: object
+) -> TestClient:
+    """A TestClient over a fresh runtime (enter it to run the lifespan); ``api``: ApiSettings."""
     runtime = Runtime(
         ModelCatalogue.load(models_dir),
         RuntimeSettings(memory_budget_bytes=budget, state_dir=state, **settings),
     )
-    return TestClient(create_app(runtime, ApiSettings(state_dir=state, max_body_bytes=MAX_BODY)))
+    api_settings = ApiSettings(state_dir=state, **{"max_body_bytes": MAX_BODY, **(api or {})})
+    return TestClient(create_app(runtime, api_settings), base_url="http://localhost")
 
 
 @pytest.fixture
@@ -80,16 +90,21 @@ def client(
         yield test_client
 
 
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+REGISTRATION = bearer(REGISTRAR)
+
+
 def register(client: TestClient, model: str = "alpha", **fields: object) -> dict:
     response = client.post(
-        "/v1/apps", json={"model": model, "target_latency_ms": 1000, "priority": 1, **fields}
+        "/v1/apps",
+        json={"model": model, "target_latency_ms": 1000, "priority": 1, **fields},
+        headers=REGISTRATION,
     )
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def infer(
@@ -119,7 +134,9 @@ def png(pixels: np.ndarray) -> bytes:
 
 def test_register_infer_schedule_unregister_as_documented(client: TestClient) -> None:
     response = client.post(
-        "/v1/apps", json={"model": "alpha", "target_latency_ms": 50, "priority": 1}
+        "/v1/apps",
+        json={"model": "alpha", "target_latency_ms": 50, "priority": 1},
+        headers=REGISTRATION,
     )
     assert response.status_code == 201
     app = response.json()
@@ -173,8 +190,8 @@ def test_list_show_and_update_apps(client: TestClient) -> None:
     ("body", "fragment"),
     [
         ({"model": "alpha"}, "target_latency_ms or fps"),
-        ({"model": "alpha", "target_latency_ms": -1}, "greater than 0"),
-        ({"model": "alpha", "fps": 30, "priority": 0}, "greater than 0"),
+        ({"model": "alpha", "target_latency_ms": -1}, "greater than or equal to 0.1"),
+        ({"model": "alpha", "fps": 30, "priority": 0}, "greater than or equal to 0.001"),
         ({"model": "alpha", "fps": 30, "min_accuracy": 2}, "less than or equal to 1"),
         ({"model": "alpha", "fps": 30, "colour": "red"}, "Extra inputs"),
         ({"fps": 30}, "Field required"),
@@ -182,14 +199,19 @@ def test_list_show_and_update_apps(client: TestClient) -> None:
     ],
 )
 def test_register_rejects_invalid_fields(client: TestClient, body: dict, fragment: str) -> None:
-    response = client.post("/v1/apps", json=body)
+    response = client.post("/v1/apps", json=body, headers=REGISTRATION)
     assert response.status_code == 422
-    assert fragment in response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["type"] == "urn:nestdnn:problem:invalid-request" and problem["status"] == 422
+    assert fragment in problem["detail"]
+    assert all({"loc", "msg", "type"} == set(e) for e in problem["errors"])
 
 
 def test_register_unknown_model_is_404(client: TestClient) -> None:
-    response = client.post("/v1/apps", json={"model": "nope", "fps": 30})
+    response = client.post("/v1/apps", json={"model": "nope", "fps": 30}, headers=REGISTRATION)
     assert response.status_code == 404
+    assert response.json()["type"] == "urn:nestdnn:problem:unknown-model"
     assert "nope" in response.json()["detail"]
 
 
@@ -199,7 +221,7 @@ def test_register_beyond_the_budget_is_409_with_the_bytes_missing(
     tight = {"memory_budget_bytes": sizes["smallest_bytes"]}
     assert client.put("/v1/schedule", json=tight, headers=bearer(ADMIN)).status_code == 200
     register(client)
-    response = client.post("/v1/apps", json={"model": "beta", "fps": 30})
+    response = client.post("/v1/apps", json={"model": "beta", "fps": 30}, headers=REGISTRATION)
     assert response.status_code == 409
     assert response.json()["bytes_missing"] > 0
     assert len(client.get("/v1/apps").json()) == 1
@@ -532,8 +554,8 @@ def test_infer_is_served_by_the_lean_route_and_answers_as_fastapi_would(
                         ("abc", "int_parsing"), ("", "int_parsing"), ("1.5", "int_parsing")]:
         answer = infer(client, app, body, top_k=value)
         assert answer.status_code == 422, value
-        (error,) = answer.json()["detail"]
-        assert (error["type"], error["loc"], error["input"]) == (kind, ["query", "top_k"], value)
+        (error,) = answer.json()["errors"]
+        assert (error["type"], error["loc"]) == (kind, ["query", "top_k"])
     assert len(infer(client, app, body, top_k=[2, 3]).json()["top_k"]) == 3  # the last wins
     url = f"/v1/apps/{app['id']}/infer"
     headers = {"content-type": "application/x-npy"}
@@ -549,7 +571,9 @@ def test_infer_is_served_by_the_lean_route_and_answers_as_fastapi_would(
     assert infer(client, app, body, token=other["token"]).status_code == 403
     assert infer(client, app, body, token=ADMIN).status_code == 200
     gone = client.post("/v1/apps/nope/infer", content=body, headers={**headers, **bearer("x")})
-    assert (gone.status_code, gone.json()) == (404, {"detail": "no app with id 'nope'"})
+    assert (gone.status_code, gone.json()) == (404, {
+        "type": "about:blank", "title": "Not Found", "status": 404,
+        "detail": "no app with id 'nope'"})
     assert client.get(url).status_code == 405
 
 

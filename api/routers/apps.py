@@ -4,23 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from api.auth import AppId
+from api.auth import AppCaller, Trusted
 from api.deps import DaemonDep
-from api.schemas import (
-    AppCreate,
-    AppCreated,
-    AppOut,
-    AppStatusOut,
-    AppUpdate,
-    InfeasibleProblem,
-    Problem,
-)
+from api.openapi import problems
+from api.schemas import AppCreate, AppCreated, AppOut, AppStatusOut, AppUpdate
 from api.views import app_out, status_out
 from scheduler.daemon import AppSpec
 
 router = APIRouter(prefix="/v1/apps", tags=["apps"])
-
-_AUTH_ERRORS = {401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem}}
 
 
 def _seconds(ms: float | None) -> float | None:
@@ -31,10 +22,12 @@ def _seconds(ms: float | None) -> float | None:
     "",
     status_code=201,
     response_model=AppCreated,
-    responses={404: {"model": Problem}, 409: {"model": InfeasibleProblem}},
+    responses=problems(401, 403, 404, 409),
 )
-def register(body: AppCreate, daemon: DaemonDep) -> AppCreated:
-    """Register an app; the answer holds its token, descendant and share."""
+def register(body: AppCreate, trusted: Trusted, daemon: DaemonDep) -> AppCreated:
+    """Register an app (needs the registration or admin token, unless registration is open);
+    the answer holds its token, descendant and share."""
+    daemon.registration.check_priority(body.priority, trusted=trusted)
     spec = AppSpec(
         model=body.model,
         target_latency_s=_seconds(body.target_latency_ms),
@@ -53,37 +46,27 @@ def list_apps(daemon: DaemonDep) -> list[AppStatusOut]:
     return [status_out(app) for app in daemon.runtime.snapshot().apps]
 
 
-@router.get("/{app_id}", response_model=AppStatusOut, responses={404: {"model": Problem}})
+@router.get("/{app_id}", response_model=AppStatusOut, responses=problems(404))
 def show_app(app_id: str, daemon: DaemonDep) -> AppStatusOut:
     """One app with its live counters."""
     return status_out(daemon.status(app_id))
 
 
-@router.patch(
-    "/{app_id}",
-    response_model=AppOut,
-    responses={**_AUTH_ERRORS, 409: {"model": InfeasibleProblem}},
-)
-def update_app(
-    body: AppUpdate,
-    app_id: AppId,
-    daemon: DaemonDep,
-) -> AppOut:
+@router.patch("/{app_id}", response_model=AppOut, responses=problems(401, 403, 404, 409))
+def update_app(body: AppUpdate, caller: AppCaller, daemon: DaemonDep) -> AppOut:
     """Change an app's priority or targets (needs its token); the plan is re-solved."""
+    daemon.registration.check_priority(body.priority, trusted=caller.admin)
     changes = {
         "priority": body.priority,
         "fps": body.fps,
         "target_latency_s": _seconds(body.target_latency_ms),
     }
-    info = daemon.update(app_id, **{k: v for k, v in changes.items() if v is not None})
+    info = daemon.update(caller.app_id, **{k: v for k, v in changes.items() if v is not None})
     return app_out(info)
 
 
-@router.delete("/{app_id}", status_code=204, responses=_AUTH_ERRORS)
-def unregister(
-    app_id: AppId,
-    daemon: DaemonDep,
-) -> Response:
+@router.delete("/{app_id}", status_code=204, responses=problems(401, 403, 404))
+def unregister(caller: AppCaller, daemon: DaemonDep) -> Response:
     """Unregister an app (needs its token); its token stops working."""
-    daemon.unregister(app_id)
+    daemon.unregister(caller.app_id)
     return Response(status_code=204)

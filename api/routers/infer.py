@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import time
 from typing import Annotated, Any
 
@@ -43,12 +44,18 @@ from api.frames import (
     media_type,
     sniff_type,
 )
-from api.schemas import InferJSON, InferOut, OverloadProblem, Problem, TopK
+from api.middleware import BodyTooLarge
+from api.openapi import problems
+from api.schemas import InferJSON, InferOut, TopK
 from scheduler.daemon import CatalogueEntry, Prediction
+from scheduler.daemon.errors import BadModelOutput
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/apps", tags=["inference"])
 
-INLINE_DECODE_BYTES = 64 << 10  # smaller .npy / JSON bodies decode on the event loop
+INLINE_DECODE_BYTES = 64 << 10
+"""Smaller .npy / JSON bodies decode on the event loop; images and larger bodies in a thread,
+at most `ApiSettings.decode_slots` at a time (each decode may take a few MB)."""
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _REQUEST_BODY = {
     "required": True,
@@ -69,9 +76,7 @@ _REQUEST_BODY = {
         },
     },
 }
-_ERRORS = {status: {"model": Problem} for status in (400, 401, 403, 404, 413, 415, 422)} | {
-    429: {"model": OverloadProblem}
-}
+_ERRORS = problems(401, 403, 404, 415, 429, 502)
 TOP_K_MAX = 1000
 _TOP_K = TypeAdapter(Annotated[int, Field(ge=1, le=TOP_K_MAX)])
 _TOP_K_PARAMETER: dict[str, Any] = {  # as FastAPI documents Query(ge=1, le=1000) of int | None
@@ -105,9 +110,13 @@ async def infer(request: Request, app_id: str) -> Response:
     check_app_token(daemon.auth, app_id, bearer_credentials(request.headers.get("authorization")))
     top_k = _top_k(request)
     entry = daemon.entry(app_id)
-    frame = await _read_frame(request, daemon.frame_spec(entry))
-    future = daemon.submit(app_id, frame)
-    prediction = await asyncio.wrap_future(future)
+    frame = await _read_frame(request, daemon, daemon.frame_spec(entry))
+    try:
+        prediction = await asyncio.wrap_future(daemon.submit(app_id, frame))
+    except BadModelOutput as exc:
+        daemon.metrics.bad_outputs.labels(entry.name).inc()
+        log.error("app %s, model %s: %s (answered 502)", app_id, entry.name, exc)
+        raise
     total = time.perf_counter() - arrived
     daemon.metrics.latency.labels(app_id).observe(total)
     answer = _answer(prediction, entry, top_k or daemon.settings.top_k, total)
@@ -130,16 +139,21 @@ async def _serve(request: Request) -> Response:
     return await infer(request, request.path_params["app_id"])
 
 
-async def _read_frame(request: Request, spec: FrameSpec) -> np.ndarray:
-    """Read the body (or the multipart 'file' part) and decode it off the loop when large."""
+async def _read_frame(request: Request, daemon: Daemon, spec: FrameSpec) -> np.ndarray:
+    """Read the body (or the multipart 'file' part) and decode it: on the loop when small,
+    else in a thread once one of the daemon's decode slots is free."""
     kind = media_type(request.headers.get("content-type"))
     if kind in MULTIPART_TYPES:
         body, kind = await _multipart_file(request)
     else:
         body = await request.body()
+    limit = daemon.settings.max_json_frame_bytes
+    if kind in JSON_TYPES and len(body) > limit:
+        raise BodyTooLarge(f"JSON frames are limited to {limit} bytes: send .npy or an image")
     if len(body) <= INLINE_DECODE_BYTES and kind not in IMAGE_TYPES:
         return decode_frame(body, kind, spec)
-    return await run_in_threadpool(decode_frame, body, kind, spec)
+    async with daemon.decodes:
+        return await run_in_threadpool(decode_frame, body, kind, spec)
 
 
 async def _multipart_file(request: Request) -> tuple[bytes, str]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import DaemonDep
-from api.schemas import DescendantOut, ModelDetail, ModelList, ModelSummary, Problem, RejectedModel
+from api.openapi import problems
+from api.schemas import DescendantOut, ModelDetail, ModelList, ModelSummary
+from api.views import rejected_out
 from scheduler.daemon import CatalogueEntry, UnknownModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -43,11 +45,11 @@ def list_models(daemon: DaemonDep) -> ModelList:
     catalogue = daemon.catalogue
     return ModelList(
         models=[ModelSummary(**_summary(e)) for _, e in sorted(catalogue.entries.items())],
-        rejected=[RejectedModel(name=r.name, reason=r.reason) for r in catalogue.rejected],
+        rejected=[rejected_out(r) for r in catalogue.rejected],
     )
 
 
-@router.get("/{name}", response_model=ModelDetail, responses={404: {"model": Problem}})
+@router.get("/{name}", response_model=ModelDetail, responses=problems(404))
 def show_model(name: str, daemon: DaemonDep) -> ModelDetail:
     """One model: input, classes, normalisation and its descendant table."""
     entry = daemon.catalogue.entries.get(name)

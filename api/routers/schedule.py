@@ -6,7 +6,8 @@ from fastapi import APIRouter, Depends
 
 from api.auth import require_admin
 from api.deps import DaemonDep
-from api.schemas import InfeasibleProblem, Problem, ScheduleOut, ScheduleUpdate
+from api.openapi import problems
+from api.schemas import ScheduleOut, ScheduleUpdate
 from api.views import schedule_out
 
 router = APIRouter(prefix="/v1/schedule", tags=["schedule"])
@@ -22,7 +23,7 @@ def show_schedule(daemon: DaemonDep) -> ScheduleOut:
     "",
     response_model=ScheduleOut,
     dependencies=[Depends(require_admin)],
-    responses={401: {"model": Problem}, 403: {"model": Problem}, 409: {"model": InfeasibleProblem}},
+    responses=problems(401, 403, 409),
 )
 def change_schedule(body: ScheduleUpdate, daemon: DaemonDep) -> ScheduleOut:
     """Change the policy, alpha or memory budget (admin); the plan is re-solved and applied."""
