@@ -8,12 +8,14 @@ from the same table, so that equal plans have bit-identical costs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
 from scheduler.problem import App, Problem
+from scheduler.sharing import Residency
 
 
 def cost(app: App, descendant: int, share: float, alpha: float) -> float:
@@ -55,32 +57,56 @@ class Tables:
 
     `grid` and `bytes` hold the same for all apps at once, padded to the widest app with
     infinite cost and `NO_BYTES`; `cost` and `memory` are per-app views without padding.
+    `residency` says which resident object each descendant needs (shared ids).
     """
 
     units: int
     budget: int
     grid: np.ndarray
     bytes: np.ndarray
+    latency: np.ndarray
     widths: tuple[int, ...]
-    start: tuple[int, ...]
-    """Each app's smallest allowed descendant (where the greedy starts)."""
+    residency: Residency
 
     @classmethod
     def of(cls, problem: Problem) -> Tables:
         """Tabulate every app's cost on the problem's share grid."""
         widths = tuple(len(a.descendants) for a in problem.apps)
-        memory = np.full((len(widths), max(widths, default=0)), NO_BYTES, dtype=np.int64)
+        width = max(widths, default=0)
+        memory = np.full((len(widths), width), NO_BYTES, dtype=np.int64)
+        latency = np.full((len(widths), width), np.inf)
         for i, app in enumerate(problem.apps):
             memory[i, : widths[i]] = [d.memory_bytes for d in app.descendants]
-        start = tuple(app.smallest for app in problem.apps)
+            latency[i, : widths[i]] = [d.latency_s for d in app.descendants]
         return cls(
             problem.share_units,
             problem.memory_budget_bytes,
             cost_grid(problem),
             memory,
+            latency,
             widths,
-            start,
+            Residency.of(problem.apps),
         )
+
+    @cached_property
+    def usable(self) -> np.ndarray:
+        """[i, d]: descendants with finite costs (not padding, not excluded by `restricted`)."""
+        return np.isfinite(self.grid[:, :, -1])
+
+    @cached_property
+    def start(self) -> tuple[int, ...]:
+        """A plan of least memory (where the greedy starts): each app's smallest descendant,
+        within the least resident set of its group when apps share ids."""
+        return self.residency.least_memory_plan(self.usable, self.bytes, self.latency)
+
+    @cached_property
+    def least_memory(self) -> int:
+        """Fewest bytes any plan needs."""
+        return self.residency.least_memory(self.usable)
+
+    def plan_memory(self, descendants: Sequence[int]) -> int:
+        """Bytes of the plan's resident objects (shared ids counted once)."""
+        return self.residency.memory(descendants)
 
     @cached_property
     def cost(self) -> tuple[np.ndarray, ...]:
@@ -102,8 +128,9 @@ class Tables:
             if d is not None:
                 grid[i, :d] = np.inf
                 grid[i, d + 1 :] = np.inf
-        start = tuple(s if d is None else d for s, d in zip(self.start, fixed, strict=True))
-        return Tables(self.units, self.budget, grid, self.bytes, self.widths, start)
+        return Tables(
+            self.units, self.budget, grid, self.bytes, self.latency, self.widths, self.residency
+        )
 
     @property
     def n_apps(self) -> int:

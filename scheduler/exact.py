@@ -1,12 +1,19 @@
 """Exact MinTotalCost and MinMaxCost on the discretised shares.
 
 A plan gives every app i one option (d_i, k_i): a descendant and a positive number of share
-units, with sum_i M(d_i) <= M_max and sum_i k_i <= U (U = 1 / share_step). Costs come from
-`Tables`, so every solver compares bit-identical numbers.
+units, with memory(plan) <= M_max and sum_i k_i <= U (U = 1 / share_step). The memory of a plan
+is that of its resident objects: one copy per shared id (`scheduler.sharing`). Costs come
+from `Tables`, so every solver compares bit-identical numbers.
+
+Both solvers work on *groups* of apps (`Residency.groups`): an app alone, or apps sharing ids.
+Groups share no objects, so a group's choice adds units, memory and cost to the plan's; a
+group of several apps first becomes a list of such options (`_group_options`).
 
 Ties (plans with exactly equal objective as computed) are broken by: least memory, then
-fewest share units, then the lexicographically smallest (d_0, k_0, d_1, k_1, ...) in app
-order. Unused units are handed out afterwards by `solve` (they never raise a cost).
+fewest share units, then the lexicographically smallest choice in group order -- for a group
+of one app (d, k), so without shared ids the smallest (d_0, k_0, d_1, k_1, ...) in app order;
+for apps sharing ids their option that comes first (smaller resident set, then fewer units).
+Unused units are handed out afterwards by `solve` (they never raise a cost).
 """
 
 from __future__ import annotations
@@ -15,8 +22,10 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from scheduler.cost import NO_BYTES, Tables
+from scheduler.sharing import Group
 
 Plan = tuple[tuple[int, int], ...]
 """Per app in problem order: (descendant index, share units)."""
@@ -27,25 +36,43 @@ _LAMBDA_GRID = 12
 _LAMBDA_FINE = 6
 _LAMBDAS = 4
 _PROBES = 32
+_CELLS = 1 << 21
+"""Array cells per vectorised step over resident sets (bounds the memory of the dense
+steps: about 16 MB of float64)."""
 
 
 @dataclass(frozen=True)
 class Options:
-    """One app's candidate (descendant, units) pairs that no other pair dominates.
+    """One group's candidate choices that no other choice of the group dominates in
+    (units, memory, cost).
 
-    Ordered lexicographically by (descendant, units), which the tie rule relies on.
+    choice[o, j] and share[o, j] are the descendant and units of the group's j-th app in
+    option o; units, memory and cost are the option's totals (memory: the group's resident
+    objects). For one app, options are ordered lexicographically by (descendant, units),
+    which the tie rule relies on.
     """
 
-    desc: np.ndarray
+    apps: tuple[int, ...]
+    choice: np.ndarray
+    share: np.ndarray
     units: np.ndarray
     memory: np.ndarray
     cost: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.desc)
+        return len(self.units)
 
 
 def all_options(tables: Tables, cap: float = np.inf) -> list[Options]:
+    """Per group, in order of their first app, its options with every cost <= cap."""
+    alone = _app_options(tables, cap)
+    return [
+        _group_options(tables, group, cap) if group.shared else alone[group.apps[0]]
+        for group in tables.residency.groups
+    ]
+
+
+def _app_options(tables: Tables, cap: float) -> list[Options]:
     """Per app, the pairs (d, k) with cost <= cap not dominated in (units, memory, cost).
 
     Within a descendant, units beyond the first reaching its lowest cost are dropped. Pair
@@ -79,7 +106,9 @@ def all_options(tables: Tables, cap: float = np.inf) -> list[Options]:
     bounds = np.searchsorted(app, np.arange(n + 1))
     return [
         Options(
-            desc=desc[a:b],
+            apps=(i,),
+            choice=desc[a:b, None],
+            share=unit[a:b, None],
             units=unit[a:b],
             memory=memory[i, desc[a:b]],
             cost=grid[i, desc[a:b], unit[a:b] - 1],
@@ -88,12 +117,81 @@ def all_options(tables: Tables, cap: float = np.inf) -> list[Options]:
     ]
 
 
+def _group_options(tables: Tables, group: Group, cap: float) -> Options:
+    """Options of apps sharing ids, with every cost <= cap.
+
+    For every resident set S of the group (`Group.sets`) that fits the budget, the least cost
+    of the group with exactly s units in all (`_least_cost_by_units`); its points that improve
+    on s - 1 units are options (units s, memory(S), cost). Options of all sets that no other
+    dominates in (units, memory, cost) remain, ordered by set (smaller first) then units; of
+    exact duplicates the first stays. O(sets * g * U * K) for g apps and K useful units each.
+    """
+    apps = list(group.apps)
+    sets = group.sets
+    fits = np.flatnonzero(sets.valid(tables.usable[apps]) & (sets.memory <= tables.budget))
+    grid = tables.grid[apps]
+    grid = np.where(grid <= cap, grid, np.inf)
+    most = tables.units - (tables.n_apps - len(apps))  # every other app needs a unit
+    reach = min(most, max(int(tables.useful_units(i).max()) for i in apps))
+    chunk = max(1, _CELLS // ((most + 1) * reach))
+    parts = [
+        _least_cost_by_units(grid[:, :, :reach], sets.allows[fits[k : k + chunk]], most)
+        for k in range(0, len(fits), chunk)
+    ]
+    cost = np.concatenate([p[0] for p in parts])
+    took = [np.concatenate([p[1][j] for p in parts]) for j in range(len(apps))]
+    ran = [np.concatenate([p[2][j] for p in parts]) for j in range(len(apps))]
+    before = np.concatenate([np.full((len(cost), 1), np.inf), cost[:, :-1]], axis=1)
+    row, units = np.nonzero(cost < before)
+    memory = sets.memory[fits[row]]
+    keep = _pareto_3d(units, memory, cost[row, units])
+    row, units, memory = row[keep], units[keep], memory[keep]
+    choice = np.empty((len(keep), len(apps)), dtype=np.int64)
+    share = np.empty((len(keep), len(apps)), dtype=np.int64)
+    left = units.copy()
+    for j in reversed(range(len(apps))):
+        share[:, j] = took[j][row, left]
+        choice[:, j] = ran[j][row, share[:, j] - 1]
+        left -= share[:, j]
+    return Options(group.apps, choice, share, units, memory, cost[row, units])
+
+
+def _least_cost_by_units(
+    grid: np.ndarray, allows: np.ndarray, most: int
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Per resident set, the least cost of a group's apps with exactly s units (s = 0..most).
+
+    grid[j, d, k-1]: cost of the group's app j with descendant d and k units (k = 1..K);
+    allows[set, j, d]: whether the set holds d's object. Dense DP over the apps, a min-plus
+    convolution over units per set: best[set, s] = min_k best'[set, s - k] + h_j[set, k] with
+    h_j the app's least cost with k units among the descendants the set allows. Returns best
+    and, per app, the units it took ([set, s]: fewest on ties) and the descendant it ran
+    with k units ([set, k-1]: lowest index on ties). O(sets * g * most * K).
+    """
+    n_sets, reach = len(allows), grid.shape[2]
+    best = np.full((n_sets, most + 1), np.inf)
+    best[:, 0] = 0.0
+    took, ran = [], []
+    for j in range(grid.shape[0]):
+        masked = np.where(allows[:, j, :, None], grid[j][None], np.inf)
+        desc = np.argmin(masked, axis=1)
+        h = np.take_along_axis(masked, desc[:, None, :], axis=1)[:, 0, :]
+        padded = np.concatenate([np.full((n_sets, reach), np.inf), best], axis=1)
+        window = sliding_window_view(padded, reach, axis=1)[:, : most + 1, ::-1]
+        total = window + h[:, None, :]  # [set, s, k-1]: best'[s - k] + h[k]
+        k = np.argmin(total, axis=2)
+        best = np.take_along_axis(total, k[:, :, None], axis=2)[:, :, 0]
+        took.append(k + 1)
+        ran.append(desc)
+    return best, took, ran
+
+
 @dataclass(frozen=True)
 class Bounds:
-    """Lagrangian lower bounds on the cost of the apps not yet planned.
+    """Lagrangian lower bounds on the cost of the groups not yet planned.
 
     For a multiplier lam >= 0 on memory (in fractions of the budget), value[l, k, r] is the
-    least sum of C + lam * M / M_max over apps k.. with at most r units (memory ignored). Any
+    least sum of C + lam * M / M_max over groups k.. with at most r units (memory ignored). Any
     completion of a partial plan with r units and b bytes left costs at least
     value[l, k, r] - lam * b / M_max: the classic Lagrangian relaxation of the memory budget;
     lam = 0 is the unit-only bound.
@@ -107,7 +205,7 @@ class Bounds:
 
     @classmethod
     def of(cls, options: list[Options], units: int, budget: int, lams: np.ndarray) -> Bounds:
-        """Backward DP over apps for every multiplier at once: O(L * n * |options| * U)."""
+        """Backward DP over groups for every multiplier at once: O(L * sum |options| * U)."""
         scale = float(max(budget, 1))
         r = np.arange(units + 1)
         lanes = np.arange(len(lams))[:, None]
@@ -127,7 +225,7 @@ class Bounds:
         return cls(lams, np.stack(value[::-1], axis=1), scale, later_bytes[:, units])
 
     def rest(self, k: int, units_left: np.ndarray, bytes_left: np.ndarray) -> np.ndarray:
-        """Lower bound on the cost of apps k.. given the units and bytes left (>= 0)."""
+        """Lower bound on the cost of groups k.. given the units and bytes left (>= 0)."""
         value = self.value[:, k, units_left]
         if len(self.lams) == 1 and self.lams[0] == 0:
             return value[0]
@@ -195,13 +293,15 @@ class _Layer:
 
 
 def min_total_plan(tables: Tables, options: list[Options]) -> Plan | None:
-    """Exact MinTotalCost: Pareto dynamic programming over apps with bounding.
+    """Exact MinTotalCost: Pareto dynamic programming over groups (`all_options`) with
+    bounding.
 
-    Layer k holds the partial plans of apps 0..k-1 that no other partial plan dominates in
+    Layer k holds the partial plans of groups 0..k-1 that no other partial plan dominates in
     (units used, memory used, cost) -- any completion of a dominated plan also completes the
-    dominating one at no higher cost, so the optimum survives. A partial plan is also dropped
-    when it cannot be completed (fewer units or bytes left than the remaining apps' options
-    need at least) or when its cost plus a lower bound of the rest (`Bounds`) exceeds the
+    dominating one at no higher cost (groups share no objects, so memory adds up), so the
+    optimum survives. A partial plan is also dropped when it cannot be completed (fewer units
+    or bytes left than the remaining groups' options need at least) or when its cost plus a
+    lower bound of the rest (`Bounds`) exceeds the
     objective of a known plan. That plan comes from a first pass of the same DP keeping only
     the `_BEAM` most promising partial plans per layer (if the beam never had to drop one,
     that pass was exact already; if it found no plan, there is no bound). Returns None when
@@ -239,8 +339,12 @@ def _total(options: list[Options], chosen: list[int]) -> float:
 
 
 def _plan_of(options: list[Options], chosen: list[int]) -> Plan:
-    """Option indices -> (descendant, units) per app."""
-    return tuple((int(o.desc[i]), int(o.units[i])) for o, i in zip(options, chosen, strict=True))
+    """Option indices per group -> (descendant, units) per app in problem order."""
+    plan: dict[int, tuple[int, int]] = {}
+    for o, i in zip(options, chosen, strict=True):
+        for j, app in enumerate(o.apps):
+            plan[app] = (int(o.choice[i, j]), int(o.share[i, j]))
+    return tuple(plan[app] for app in sorted(plan))
 
 
 def _pareto_dp(
@@ -252,8 +356,8 @@ def _pareto_dp(
 ) -> tuple[list[int] | None, bool]:
     """One pass of the Pareto DP (see `min_total_plan`).
 
-    Returns the option index per app of the best plan found (None if none fits) and whether
-    the beam dropped any non-dominated partial plan (if not, the plan is optimal).
+    Returns the option index per group of the best plan found (None if none fits) and
+    whether the beam dropped any non-dominated partial plan (if not, the plan is optimal).
     """
     units, budget = tables.units, tables.budget
     min_memory_after = _suffix_sums([int(o.memory.min()) for o in options])
@@ -284,7 +388,7 @@ def _pareto_dp(
 
 
 def _backtrack(layers: list[_Layer], point: int) -> list[int]:
-    """Follow parent links from a point of the last layer back to the first app."""
+    """Follow parent links from a point of the last layer back to the first group."""
     chosen = []
     for layer in reversed(layers):
         chosen.append(int(layer.option[point]))
@@ -322,8 +426,9 @@ def _fits_at(tables: Tables, levels: np.ndarray) -> np.ndarray:
     """Per level: can every app have cost <= level within both budgets?
 
     need[l, i, d] is the fewest units giving app i cost <= level l with descendant d (U + 1:
-    none); least[l, s] the fewest bytes the apps so far need with at most s units (columns
-    0..U hold "no way", so that s - need indexes it without bounds checks).
+    none); least[l, s] the fewest bytes the groups so far need with at most s units (columns
+    0..U hold "no way", so that s - need indexes it without bounds checks). A group adds one
+    of its choices (`_level_choices`): units needed and bytes.
     """
     units = tables.units
     need = (tables.grid[None] > levels[:, None, None, None]).sum(axis=3) + 1
@@ -331,7 +436,35 @@ def _fits_at(tables: Tables, levels: np.ndarray) -> np.ndarray:
     least[:, : units + 1] = NO_BYTES
     row = np.arange(len(levels))[:, None, None]
     s = np.arange(units + 1, 2 * units + 2)[None, None, :]
-    for i in range(tables.n_apps):
-        options = least[row, s - need[:, i, :, None]] + tables.bytes[i][None, :, None]
-        least[:, units + 1 :] = np.minimum(options.min(axis=1), NO_BYTES)
+    for group in tables.residency.groups:
+        wants, nbytes = _level_choices(tables, group, need)
+        chunk = max(1, _CELLS // (len(levels) * (units + 1)))
+        after = np.full((len(levels), units + 1), NO_BYTES, dtype=np.int64)
+        for k in range(0, len(nbytes), chunk):
+            part = slice(k, k + chunk)
+            options = least[row, s - wants[:, part, None]] + nbytes[None, part, None]
+            after = np.minimum(after, options.min(axis=1))
+        least[:, units + 1 :] = after
     return least[:, -1] <= tables.budget
+
+
+def _level_choices(
+    tables: Tables, group: Group, need: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A group's choices at each level: units needed [level, choice] and bytes [choice].
+
+    An app alone chooses a descendant. Apps sharing ids choose a resident set S (that fits
+    the budget): each app then needs the fewest units among the descendants S allows, and
+    the group needs the bytes of S (U + 1 units: some app cannot reach the level in S).
+    """
+    i = group.apps[0]
+    if not group.shared:
+        return need[:, i, :], tables.bytes[i]
+    sets = group.sets
+    fits = sets.memory <= tables.budget
+    allows = sets.allows[fits]
+    wants = np.zeros((len(need), len(allows)), dtype=np.int64)
+    for j, app in enumerate(group.apps):
+        mine = need[:, app, None, :]
+        wants += np.where(allows[None, :, j, :], mine, tables.units + 1).min(axis=2)
+    return np.minimum(wants, tables.units + 1), sets.memory[fits]

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler.cost import Tables
+from scheduler.cost import NO_BYTES, Tables
 from scheduler.exact import Plan
 
 _GAIN_EPS = 1e-12
@@ -57,24 +57,24 @@ def greedy_min_total(
     """
     split = _Splitter(tables, cap)
     desc = np.array(start, dtype=np.int64)
-    memory = np.stack([_padded(m, split.width, 0) for m in tables.memory])
+    memory = _Marginal.of(tables)
     rows = np.arange(tables.n_apps)
     pairs = np.array(list(itertools.combinations(rows, 2)), dtype=np.int64).reshape(-1, 2)
     limit = _move_limit(tables) if max_moves is None else max_moves
     objective = split.total(desc)
     for _ in range(limit):
-        now = memory[rows, desc]
+        used = memory.used(desc)
         after, units = split.cost_after_switch(desc)
         held = units[rows, desc]
-        extra = (memory - now[:, None], units - held[:, None])
+        extra = (memory.switch_extra(desc), units - held[:, None])
         same = np.arange(split.width)[None, :] == desc[:, None]
         gain = np.where(same, -np.inf, objective - after)
-        move = _take(gain, extra, int(now.sum()), tables, split, desc, objective, _switch)
+        move = _take(gain, extra, used, tables, split, desc, objective, _switch)
         if move is None:
             i, j = pairs[:, 0], pairs[:, 1]
             after, units = split.cost_after_pairs(desc, pairs)
             extra = (
-                memory[i][:, :, None] + memory[j][:, None, :] - (now[i] + now[j])[:, None, None],
+                memory.pair_extra(desc, pairs),
                 units - (held[i] + held[j])[:, None, None],
             )
             # Pairs in which an app keeps its descendant are single switches, tried above.
@@ -82,9 +82,9 @@ def greedy_min_total(
                 np.arange(split.width)[None, :] == desc[j][:, None]
             )[:, None, :]
             gain = np.where(keeps, -np.inf, objective - after)
-            move = _take(
-                gain, extra, int(now.sum()), tables, split, desc, objective, _pair_switch(pairs)
-            )
+            move = _take(gain, extra, used, tables, split, desc, objective, _pair_switch(pairs))
+        if move is None:
+            move = _consolidate(tables, memory, split, desc, objective)
         if move is None:
             return split.plan(desc)
         desc, objective = move
@@ -96,6 +96,71 @@ def greedy_min_total(
         tables.units,
     )
     return split.plan(desc)
+
+
+def _consolidate(
+    tables: Tables, memory: _Marginal, split: _Splitter, desc: np.ndarray, objective: float
+) -> tuple[np.ndarray, float] | None:
+    """The best consolidation that fits the budget and lowers the objective (or None).
+
+    Apps sharing ids can only change their resident set together: moving one app onto a new
+    object keeps the old one resident for the others. A consolidation moves the apps of a
+    sharing group that run on some of its objects -- one object; all smaller, or all larger,
+    than a target; or all of them -- onto the target object (each app that has it), followed
+    by the re-split. O(groups * K^2) candidates for K objects per group, each evaluated in
+    full. Without shared ids there are none.
+    """
+    tol = _accept_tol(objective)
+    best: tuple[np.ndarray, float] | None = None
+    for new in _consolidations(tables, memory, desc):
+        if memory.used(new) > tables.budget:
+            continue
+        value = split.total(new)
+        if value < objective - tol and (best is None or value < best[1]):
+            best = (new, value)
+    return best
+
+
+def _consolidations(tables: Tables, memory: _Marginal, desc: np.ndarray) -> Iterator[np.ndarray]:
+    """Descendants after each consolidation (see `_consolidate`), in a fixed order."""
+    running = memory.objects[np.arange(len(desc)), desc]
+    for group in tables.residency.groups:
+        if not group.shared:
+            continue
+        apps = np.array(group.apps)
+        used = sorted({int(o) for o in running[apps]}, key=lambda o: (memory.sizes[o], o))
+        targets = np.unique(memory.objects[apps][memory.objects[apps] < len(memory.sizes) - 1])
+        for target in targets:
+            size = memory.sizes[target]
+            moving = [{o} for o in used if o != target]
+            moving += [
+                {o for o in used if memory.sizes[o] < size},
+                {o for o in used if memory.sizes[o] > size},
+                set(used) - {target},
+            ]
+            seen: list[set[int]] = []
+            for sources in moving:
+                if sources and sources not in seen:
+                    seen.append(sources)
+                    yield _moved(memory, desc, apps, running, sources, int(target))
+
+
+def _moved(
+    memory: _Marginal,
+    desc: np.ndarray,
+    apps: np.ndarray,
+    running: np.ndarray,
+    sources: set[int],
+    target: int,
+) -> np.ndarray:
+    """Descendants after the apps running on `sources` move onto `target` (those that can)."""
+    new = desc.copy()
+    for i in apps:
+        if int(running[i]) in sources:
+            match = np.flatnonzero(memory.objects[i] == target)
+            if len(match):
+                new[i] = match[0]
+    return new
 
 
 def _move_limit(tables: Tables) -> int:
@@ -181,9 +246,73 @@ def _ranked(
         yield tuple(int(x) for x in np.unravel_index(best, gain.shape))
 
 
-def _padded(row: np.ndarray, width: int, fill: float) -> np.ndarray:
-    """Pad a per-descendant vector to `width` entries."""
-    return np.concatenate([row, np.full(width - len(row), fill, dtype=row.dtype)])
+@dataclass(frozen=True)
+class _Marginal:
+    """Memory of plans and marginal bytes of switches, with shared resident objects.
+
+    A switch frees the app's object only if no other app runs on it, and loads the new one
+    only if no other app keeps it resident (0 bytes then). Without shared ids this is
+    M(d') - M(d), as for independent apps.
+    """
+
+    objects: np.ndarray
+    """[app, descendant]: object index; padding points at a last, empty object."""
+    sizes: np.ndarray
+
+    @classmethod
+    def of(cls, tables: Tables) -> _Marginal:
+        residency = tables.residency
+        empty = len(residency.object_bytes)
+        objects = np.where(residency.objects >= 0, residency.objects, empty)
+        return cls(objects, np.append(residency.object_bytes, 0))
+
+    def _users(self, desc: np.ndarray) -> np.ndarray:
+        """[object]: apps running on it."""
+        return np.bincount(self.objects[np.arange(len(desc)), desc], minlength=len(self.sizes))
+
+    def used(self, desc: np.ndarray) -> int:
+        """Bytes of the plan's distinct objects."""
+        return int(self.sizes[self._users(desc) > 0].sum())
+
+    def held_by_others(self, desc: np.ndarray, app: int) -> np.ndarray:
+        """[d]: whether another app keeps descendant d's object of `app` resident."""
+        users = self._users(desc)
+        mine = self.objects[app, desc[app]]
+        return users[self.objects[app]] - (self.objects[app] == mine) > 0
+
+    def switch_extra(self, desc: np.ndarray) -> np.ndarray:
+        """[i, d]: change of the plan's bytes if app i switches to descendant d."""
+        users = self._users(desc)
+        mine = self.objects[np.arange(len(desc)), desc]
+        freed = np.where(users[mine] == 1, self.sizes[mine], 0)
+        others = users[self.objects] - (self.objects == mine[:, None])
+        return np.where(others == 0, self.sizes[self.objects], 0) - freed[:, None]
+
+    def pair_extra(self, desc: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+        """[p, a, b]: change of the plan's bytes if apps pairs[p] switch to a and b."""
+        users = self._users(desc)
+        mine = self.objects[np.arange(len(desc)), desc]
+        first, second = mine[pairs[:, 0]], mine[pairs[:, 1]]
+
+        def others(objects: np.ndarray) -> np.ndarray:
+            """Users of the objects besides the pair's two apps."""
+            shape = (-1,) + (1,) * (objects.ndim - 1)
+            return (
+                users[objects]
+                - (objects == first.reshape(shape))
+                - (objects == second.reshape(shape))
+            )
+
+        freed = np.where(others(first) == 0, self.sizes[first], 0) + np.where(
+            (others(second) == 0) & (second != first), self.sizes[second], 0
+        )
+        a, b = self.objects[pairs[:, 0]], self.objects[pairs[:, 1]]
+        added_a = np.where(others(a) == 0, self.sizes[a], 0)
+        added_b = np.where(others(b) == 0, self.sizes[b], 0)
+        added = added_a[:, :, None] + np.where(
+            b[:, None, :] == a[:, :, None], 0, added_b[:, None, :]
+        )
+        return added - freed[:, None, None]
 
 
 class _Splitter:
@@ -310,14 +439,15 @@ class _Splitter:
 def greedy_min_max(tables: Tables, start: list[int], max_moves: int | None = None) -> Plan:
     """MinMaxCost moves of the worst app, then MinTotalCost moves under the maximum reached.
 
-    Each worst-app move lowers the sorted (descending) cost vector lexicographically -- the
-    worst app drops, apps tied with it keep their cost, donors stay strictly below it -- so
-    the first phase ends; `max_moves` bounds each phase as a safety net (with a warning).
+    Each worst-app move lowers (maximum, number of apps at the maximum) lexicographically --
+    the worst app drops, apps tied with it keep their cost, donors stay strictly below it --
+    and compacting (`_WorstFirst.compact`) keeps every other app strictly below the maximum,
+    so the first phase ends; `max_moves` bounds each phase as a safety net (with a warning).
     """
     state = _WorstFirst(tables, start)
     limit = _move_limit(tables) if max_moves is None else max_moves
     for _ in range(limit):
-        if not state.improve_worst():
+        if not (state.improve_worst() or state.improve_worst_after_compacting()):
             break
     else:
         _log.warning(
@@ -340,7 +470,9 @@ class _WorstFirst:
     desc: np.ndarray
     units: np.ndarray
     pool: int
+    marginal: _Marginal
     memory: int
+    sharing: list[int]
 
     def __init__(self, tables: Tables, start: list[int]) -> None:
         n = tables.n_apps
@@ -348,7 +480,9 @@ class _WorstFirst:
         self.desc = np.array(start, dtype=np.int64)
         self.units = np.full(n, tables.units // n, dtype=np.int64)
         self.pool = tables.units - int(self.units.sum())
-        self.memory = int(sum(m[d] for m, d in zip(tables.memory, self.desc, strict=True)))
+        self.marginal = _Marginal.of(tables)
+        self.memory = self.marginal.used(self.desc)
+        self.sharing = [i for g in tables.residency.groups if g.shared for i in g.apps]
         self._release()
 
     def plan(self) -> Plan:
@@ -388,16 +522,27 @@ class _WorstFirst:
         return [j for _, j in sorted(entries, key=lambda e: e[0])]
 
     def improve_worst(self) -> bool:
-        """Take the worst app's best move; False when it has none."""
+        """Take the worst app's best move; False when it has none.
+
+        A move switches the worst app's descendant and/or gives it t more units (from the
+        pool, then the donors). With shared ids the switch may also take every other app on
+        the worst app's object along to the new descendant's object (`_GroupSwitch`), which
+        frees the old object: listed after the plain switches, so they win ties.
+        """
         tables = self.tables
         costs = [self._cost(i) for i in range(tables.n_apps)]
         i = int(np.argmax(costs))
         donors = self._donors(i, costs[i])
-        table, memory = tables.cost[i], tables.memory[i]
+        table = tables.cost[i]
         k = int(self.units[i])
         most = min(len(donors), tables.units - k)
+        extra = self.marginal.switch_extra(self.desc)[i, : len(table)]
+        group = _GroupSwitch.of(self, i, costs[i], donors)
         gain = costs[i] - table[:, k - 1 : k + most]
-        extra = memory - memory[self.desc[i]]
+        reach = np.minimum(group.supply, tables.units - k)
+        group_gain = np.where(np.arange(most + 1)[None, :] <= reach[:, None], gain, -np.inf)
+        gain = np.concatenate([gain, group_gain])
+        extra = np.concatenate([extra, group.change])
         ok = (self.memory + extra <= tables.budget)[:, None] & (
             gain > _GAIN_EPS * max(1.0, abs(costs[i]))
         )
@@ -409,17 +554,142 @@ class _WorstFirst:
         with np.errstate(divide="ignore", invalid="ignore"):
             score = np.where(ok, np.where(resource > 0, gain / resource, np.inf), -np.inf)
         best = np.lexsort((np.arange(score.size), -gain.ravel(), -score.ravel()))[0]
-        d, t = np.unravel_index(best, score.shape)
-        self.memory += int(extra[d])
+        row, t = (int(x) for x in np.unravel_index(best, score.shape))
+        d = row % len(table)
+        if row >= len(table):
+            donors = group.apply(self, d)
+        self.memory += int(extra[row])
         self.desc[i] = d
-        for j in donors[:t]:
+        self._take_units(donors[:t])
+        self.units[i] += t
+        self._release()
+        return True
+
+    def _take_units(self, owners: list[int]) -> None:
+        """Remove one unit per entry from its owner (-1: the pool)."""
+        for j in owners:
             if j < 0:
                 self.pool -= 1
             else:
                 self.units[j] -= 1
-        self.units[i] += t
-        self._release()
-        return True
+
+    def improve_worst_after_compacting(self) -> bool:
+        """`compact`, then the worst app's move; the plan is left as it was if either fails."""
+        saved = (self.desc.copy(), self.units.copy(), self.pool, self.memory)
+        if self.compact() and self.improve_worst():
+            return True
+        self.desc, self.units, self.pool, self.memory = saved
+        return False
+
+    def compact(self) -> bool:
+        """Move other apps that share resident objects onto descendants on which fewer units
+        keep them strictly below the maximum (within the memory budget), freeing those
+        units; whether any app moved.
+
+        Only apps in groups sharing ids move: there an upgrade onto an object another app
+        holds costs no bytes, so worst-first moves tend to over-upgrade them; without shared
+        ids no app ever moves here.
+        """
+        tables = self.tables
+        costs = [self._cost(i) for i in range(tables.n_apps)]
+        worst = int(np.argmax(costs))
+        moved = False
+        for j in self.sharing:
+            if j == worst:
+                continue
+            table = tables.cost[j]
+            below = table < costs[worst]
+            need = np.where(below.any(axis=1), np.argmax(below, axis=1) + 1, tables.units + 1)
+            extra = self.marginal.switch_extra(self.desc)[j, : len(table)]
+            other = np.arange(len(table)) != self.desc[j]
+            allowed = (self.memory + extra <= tables.budget) & other
+            need = np.where(allowed, need, tables.units + 1)
+            d = int(np.argmin(need))
+            if need[d] >= self.units[j]:
+                continue
+            self.memory += int(extra[d])
+            self.desc[j] = d
+            self.pool += int(self.units[j] - need[d])
+            self.units[j] = need[d]
+            moved = True
+        return moved
+
+
+@dataclass
+class _GroupSwitch:
+    """The worst app switching to descendant d together with every other app on its object
+    (the *movers*), who go to their descendant with d's object and the fewest units that
+    keep them strictly below the maximum; the old object is freed.
+
+    Per d: `moves` (mover -> (descendant, units)), `change` of the plan's bytes (`NO_BYTES`
+    where impossible: a mover lacks d's object or cannot stay below the maximum, d is the
+    worst app's own object, or no other app runs on it) and `supply`, the units the worst
+    app can then take: from the pool and the donors that are not movers, after the movers'
+    extra units (units movers free come first, as free ones).
+    """
+
+    movers: list[int]
+    donors: list[int]
+    moves: dict[int, dict[int, tuple[int, int]]]
+    change: np.ndarray
+    supply: np.ndarray
+
+    @classmethod
+    def of(cls, state: _WorstFirst, i: int, cap: float, donors: list[int]) -> _GroupSwitch:
+        """The group switches open to the worst app i (every cost kept below `cap`)."""
+        tables, objects = state.tables, state.marginal.objects
+        mine = objects[i, state.desc[i]]
+        running = objects[np.arange(tables.n_apps), state.desc]
+        movers = [int(j) for j in np.flatnonzero(running == mine) if j != i]
+        free = [j for j in donors if j not in movers]
+        width = tables.widths[i]
+        switch = cls(
+            movers,
+            free,
+            {},
+            np.full(width, NO_BYTES, dtype=np.int64),
+            np.full(width, -1, dtype=np.int64),
+        )
+        if not movers:
+            return switch
+        held = state.marginal.held_by_others(state.desc, i)
+        for d in range(width):
+            moves = switch._moves(state, int(objects[i, d]), int(mine), cap)
+            if moves is not None:
+                switch.moves[d] = moves
+                added = 0 if held[d] else int(state.marginal.sizes[objects[i, d]])
+                switch.change[d] = added - int(state.marginal.sizes[mine])
+                net = sum(k for _, k in moves.values()) - sum(int(state.units[j]) for j in moves)
+                switch.supply[d] = len(free) - net
+        return switch
+
+    def _moves(
+        self, state: _WorstFirst, target: int, mine: int, cap: float
+    ) -> dict[int, tuple[int, int]] | None:
+        """Each mover's descendant with object `target` and fewest units below `cap`."""
+        if target == mine:
+            return None
+        tables = state.tables
+        moves = {}
+        for j in self.movers:
+            match = np.flatnonzero(state.marginal.objects[j, : tables.widths[j]] == target)
+            below = np.flatnonzero(tables.cost[j][match[0]] < cap) if len(match) else []
+            if len(below) == 0:
+                return None
+            moves[j] = (int(match[0]), int(below[0]) + 1)
+        return moves
+
+    def apply(self, state: _WorstFirst, d: int) -> list[int]:
+        """Move the movers for descendant d; the units the worst app may take, in order."""
+        net = 0
+        for j, (e, k) in self.moves[d].items():
+            net += k - int(state.units[j])
+            state.desc[j], state.units[j] = e, k
+        if net <= 0:
+            state.pool -= net
+            return [-1] * -net + self.donors
+        state._take_units(self.donors[:net])
+        return self.donors[net:]
 
 
 def _best_split(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +44,25 @@ class Descendant(BaseModel):
     accuracy: float = Field(ge=0.0, le=1.0, description="Top-1 accuracy in [0, 1].")
     memory_bytes: int = Field(ge=0, description="Resident bytes of this descendant.")
     latency_s: float = Field(gt=0.0, description="Latency of one frame on the whole processor.")
+    id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Identity of the resident object running this descendant needs (e.g."
+        " 'cam-model#2'): descendants of any apps with the same id share one resident copy."
+        " None: a copy of its own for its app.",
+    )
+
+
+def check_shared_ids(apps: Iterable[App]) -> None:
+    """Descendants with the same id are one resident object: they must have the same bytes."""
+    sizes: dict[str, int] = {}
+    for app in apps:
+        for d in app.descendants:
+            if d.id is not None and sizes.setdefault(d.id, d.memory_bytes) != d.memory_bytes:
+                raise ValueError(
+                    f"descendants with id {d.id!r} differ in memory_bytes "
+                    f"({sizes[d.id]:,} and {d.memory_bytes:,})"
+                )
 
 
 class App(BaseModel):
@@ -119,6 +138,7 @@ class Problem(BaseModel):
             if app.name in seen:
                 raise ValueError(f"app names must be unique; {app.name!r} repeats")
             seen.add(app.name)
+        check_shared_ids(apps)
         return apps
 
     @property
@@ -139,6 +159,35 @@ class Assignment(BaseModel):
     memory_bytes: int
     latency_s: float
     frame_rate: float = Field(description="share / latency_s: frames per second it sustains.")
+    id: str | None = Field(default=None, description="The descendant's id (see Descendant.id).")
+
+
+class Resident(BaseModel):
+    """One resident object of a plan: a descendant's copy and the apps that run on it."""
+
+    id: str | None = Field(description="The shared id; None: an id-less descendant of one app.")
+    memory_bytes: int
+    apps: list[str] = Field(description="Names of the apps running on it, in app order.")
+
+
+def residents(apps: Sequence[App], chosen: Sequence[int]) -> list[Resident]:
+    """The resident objects of a plan (app i runs descendant chosen[i]), in order of first use.
+
+    Apps whose descendants have the same id share one object; an id-less descendant is an
+    object of its own. The plan's memory is the sum of their bytes.
+    """
+    shared: dict[str, Resident] = {}
+    objects: list[Resident] = []
+    for app, d in zip(apps, chosen, strict=True):
+        desc = app.descendants[d]
+        if desc.id is not None and desc.id in shared:
+            shared[desc.id].apps.append(app.name)
+            continue
+        resident = Resident(id=desc.id, memory_bytes=desc.memory_bytes, apps=[app.name])
+        objects.append(resident)
+        if desc.id is not None:
+            shared[desc.id] = resident
+    return objects
 
 
 class Solution(BaseModel):
@@ -152,7 +201,9 @@ class Solution(BaseModel):
     apps: list[Assignment]
     policy: Policy
     method: Method | None = Field(description="None for the baseline, which has no solver.")
-    memory_used_bytes: int
+    memory_used_bytes: int = Field(
+        description="Bytes of the plan's resident objects: one copy per shared id."
+    )
     memory_budget_bytes: int
     share_used: float
     fits_memory: bool
@@ -163,6 +214,10 @@ class Solution(BaseModel):
     )
     optimum_objective: float | None = Field(
         default=None, description="Objective of the new optimum (switch-aware re-solve only)."
+    )
+    residents: list[Resident] = Field(
+        default_factory=list,
+        description="The plan's resident objects; their bytes sum to memory_used_bytes.",
     )
 
     def descendants(self) -> dict[str, int]:
@@ -208,4 +263,8 @@ def load_app_pool(path: str | Path) -> list[App]:
         raise NestError(f"{path}: invalid: {validation_message(exc)}") from exc
     if not pool:
         raise NestError(f"{path}: the app list is empty")
+    try:
+        check_shared_ids(pool)
+    except ValueError as exc:
+        raise NestError(f"{path}: invalid: {exc}") from exc
     return pool

@@ -11,7 +11,7 @@ import numpy as np
 from scheduler.cost import Tables
 from scheduler.exact import Plan, all_options, min_max_level, min_total_plan
 from scheduler.greedy import greedy_min_max, greedy_min_total
-from scheduler.problem import Assignment, Method, Policy, Problem, Solution
+from scheduler.problem import Assignment, Method, Policy, Problem, Solution, residents
 
 _LEVEL_RTOL = 1e-12
 
@@ -99,9 +99,7 @@ def infeasibility(problem: Problem, tables: Tables) -> tuple[str, int | None] | 
             f"gives only {units}",
             None,
         )
-    need = sum(
-        int(m[np.isfinite(t[:, 0])].min()) for m, t in zip(tables.memory, tables.cost, strict=True)
-    )
+    need = tables.least_memory
     if need > tables.budget:
         missing = need - tables.budget
         return (
@@ -136,7 +134,8 @@ def baseline(problem: Problem) -> Solution:
     Each app runs the most accurate descendant whose latency on the whole processor meets
     its target (ties: fewer bytes, then lower index; the smallest descendant if none meets
     it) with an equal share, floored to share_step. The memory budget is ignored by design;
-    `fits_memory` says whether the models fit, and if not the simulator swaps them.
+    its memory counts one copy per shared id (as a model server loads one copy per model
+    version); `fits_memory` says whether the models fit, and if not the simulator swaps them.
     """
     start = time.perf_counter()
     tables = Tables.of(problem)
@@ -175,7 +174,7 @@ def _package(
     method: Method | None,
     elapsed: float,
 ) -> Solution:
-    """Turn a plan into a Solution with per-app details."""
+    """Turn a plan into a Solution with per-app details and its resident objects."""
     apps = []
     for app, table, (d, k) in zip(problem.apps, tables.cost, plan, strict=True):
         desc = app.descendants[d]
@@ -191,11 +190,13 @@ def _package(
                 memory_bytes=desc.memory_bytes,
                 latency_s=desc.latency_s,
                 frame_rate=share / desc.latency_s,
+                id=desc.id,
             )
         )
     costs = [a.cost for a in apps]
     objective = max(costs, default=0.0) if policy == "min-max-cost" else float(sum(costs))
-    memory = sum(a.memory_bytes for a in apps)
+    objects = residents(problem.apps, [d for d, _ in plan])
+    memory = sum(r.memory_bytes for r in objects)
     return Solution(
         feasible=True,
         objective=objective,
@@ -207,6 +208,7 @@ def _package(
         memory_budget_bytes=problem.memory_budget_bytes,
         share_used=sum(a.share_units for a in apps) / tables.units,
         fits_memory=memory <= problem.memory_budget_bytes,
+        residents=objects,
     )
 
 
@@ -303,7 +305,7 @@ def _same_plan(problem: Problem, tables: Tables, previous: dict[str, Assignment]
         if abs(units / tables.units - was.share) > 1e-9:
             return None
         plan.append((was.descendant, units))
-    memory = sum(int(m[d]) for m, (d, _) in zip(tables.memory, plan, strict=True))
+    memory = tables.plan_memory([d for d, _ in plan])
     if memory > tables.budget or sum(k for _, k in plan) > tables.units:
         return None
     return tuple(plan)

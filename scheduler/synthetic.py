@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from scheduler.problem import App, Problem
+from scheduler.problem import App, Descendant, Problem
+from scheduler.sharing import Residency
 
 
 def synthetic_app(
@@ -46,6 +47,62 @@ def random_problem(
     largest = sum(max(d.memory_bytes for d in a.descendants) for a in apps)
     budget = int(smallest + rng.uniform(0.25, 0.75) * (largest - smallest))
     return Problem(apps=apps, memory_budget_bytes=budget, alpha=alpha, share_step=share_step)
+
+
+def random_shared_problem(
+    seed: int,
+    n_apps: int,
+    n_models: int,
+    n_descendants: int = 5,
+    share_step: float = 0.01,
+    alpha: float = 1.0,
+    floor_fraction: float = 0.25,
+) -> Problem:
+    """A random problem in which apps share models, as the daemon builds them.
+
+    `n_models` synthetic models; descendant k of model m has id "model<m>#<k>". Every app
+    runs a random model with its own latency target and priority; a `floor_fraction` of the
+    apps see only the model's more accurate descendants (a min_accuracy floor: the top 1 to
+    D - 1). The memory budget lies 25-75 % of the way from the least memory any plan needs
+    to every descendant of every model in use resident at once.
+    """
+    rng = np.random.default_rng(seed)
+    models = []
+    for m in range(n_models):
+        template = synthetic_app(rng, f"model{m}", n_descendants)
+        models.append(
+            [
+                d.model_copy(update={"id": f"model{m}#{k}"})
+                for k, d in enumerate(template.descendants)
+            ]
+        )
+    apps = [_app_of_model(rng, f"app{i}", models, floor_fraction, n_apps) for i in range(n_apps)]
+    used = {d.id: d.memory_bytes for a in apps for d in a.descendants}
+    least = Residency.of(apps).least_memory()
+    budget = int(least + rng.uniform(0.25, 0.75) * (sum(used.values()) - least))
+    return Problem(apps=apps, memory_budget_bytes=budget, alpha=alpha, share_step=share_step)
+
+
+def _app_of_model(
+    rng: np.random.Generator,
+    name: str,
+    models: list[list[Descendant]],
+    floor_fraction: float,
+    load: float,
+) -> App:
+    """An app running a random model, maybe only its top descendants; its own target and
+    priority (the target scaled by `load`, as in `synthetic_app`)."""
+    model = models[int(rng.integers(len(models)))]
+    if len(model) > 1 and rng.random() < floor_fraction:
+        model = model[int(rng.integers(1, len(model))) :]
+    latency = [d.latency_s for d in model]
+    target = float(np.median(latency)) * rng.uniform(0.7, 1.6) * load
+    return App(
+        name=name,
+        target_latency_s=round(target, 6),
+        priority=round(float(rng.uniform(0.5, 2.0)), 3),
+        descendants=model,
+    )
 
 
 def synthetic_pool(seed: int = 0, size: int = 4, n_descendants: int = 5) -> list[App]:

@@ -128,9 +128,10 @@ def test_move_limit_warns_and_returns_a_feasible_plan(caplog: pytest.LogCaptureF
 
 
 @st.composite
-def duplicated_problems(draw: st.DrawFn) -> Problem:
+def duplicated_problems(draw: st.DrawFn, shared: bool = False) -> Problem:
     """Several copies of one app (identical descendants, maybe different priorities and
-    targets) plus maybe a few other apps; extreme alphas."""
+    targets; with `shared`, one model: the copies share its ids) plus maybe a few other
+    apps; extreme alphas."""
     template = draw(
         st.lists(
             st.builds(
@@ -143,6 +144,8 @@ def duplicated_problems(draw: st.DrawFn) -> Problem:
             max_size=4,
         )
     )
+    if shared:
+        template = [d.model_copy(update={"id": f"model#{k}"}) for k, d in enumerate(template)]
     same_priority = draw(st.booleans())
     copies = draw(st.integers(2, 5))
     apps = [
@@ -179,3 +182,21 @@ def duplicated_problems(draw: st.DrawFn) -> Problem:
 @given(duplicated_problems())
 def test_greedy_terminates_on_duplicated_apps(problem: Problem) -> None:
     check_greedy(problem)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(duplicated_problems(shared=True))
+def test_greedy_terminates_on_apps_sharing_a_model(problem: Problem) -> None:
+    """As above with the copies sharing one resident per descendant (issue 16)."""
+    tables = Tables.of(problem)
+    with deadline(20), no_move_limit_warning():
+        greedy_min_total(tables, list(tables.start), max_moves=MOVES)
+        greedy_min_max(tables, list(tables.start), max_moves=MOVES)
+        for policy in POLICIES:
+            exact = solve(problem, policy, "exact")
+            greedy = solve(problem, policy, "greedy")
+            assert greedy.feasible == exact.feasible
+            if exact.feasible:
+                assert greedy.memory_used_bytes <= problem.memory_budget_bytes
+                assert sum(a.share_units for a in greedy.apps) <= problem.share_units
+                assert greedy.objective >= exact.objective - 1e-9
