@@ -19,15 +19,21 @@ frame by frame:
   ``idle_service_s`` / ``idle_cpu_s`` when the frame finds the worker idle (it waited for
   this frame: the processor's caches and clock may have cooled meanwhile;
   `benchmarks/daemon_live.py` measures both).
-* **Models** (`scheduler.daemon.manager.ModelManager`): when the plan fits the budget, every app's
-  descendant is made resident when the plan is applied, outside the worker (the runtime
-  applies a plan in the thread that handles the event): downgrades first, then upgrades, in
-  place when old and new fit in the budget together (a *switch*), otherwise cold (the old
-  one freed, the new one loaded: a *load*). When the plan does not fit (the baseline's
-  swapping), a frame whose app's descendant is not resident first loads it in the worker,
-  evicting the least recently used other descendants until it fits; the load's wall and
-  processor time are part of that frame's service. Every load or switch costs the
-  descendant's ``load_s`` / ``load_cpu_s``.
+* **Models** (`scheduler.daemon.manager.ModelManager`): what is loaded is a *resident*, one
+  per descendant id (an id-less descendant is a resident of its app alone), shared by every
+  app whose descendant has that id; memory is accounted per resident. When the plan fits the
+  budget it is applied outside the worker (the runtime applies a plan in the thread that
+  handles the event): downgrades first, then the new budget, then upgrades. An app whose
+  target is already resident (loaded for another app) just moves onto it; otherwise the new
+  resident is made in place (a *switch*) when every app on the app's old resident moves to
+  the new one and old and new fit in the budget together, loaded beside the old one when
+  they fit but others stay on it, else cold (the old one freed, the new one loaded): those
+  two are *loads*. A resident no app runs on any more is freed. When the plan does not fit
+  (the baseline's swapping), a frame whose app's resident is missing first loads it in the
+  worker, evicting the least recently used other residents until it fits (a resident's last
+  use: its load or the latest frame of any of its apps); the load's wall and processor time
+  are part of that frame's service. Every load or switch costs the descendant's ``load_s`` /
+  ``load_cpu_s``.
 
 The costs come from `RuntimeModel.costs` (per app name, per descendant), measured on the
 machine that runs the daemon (see `benchmarks/daemon_live.py`); an app without costs uses its
@@ -48,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from scheduler.problem import MIN_SHARE, App
+from scheduler.sharing import ObjectKey, object_key
 
 _EPS = 1e-9
 
@@ -109,8 +116,7 @@ class _Lane:
     stop_s: float | None = None
     arrived: int = 0
     head: int = 0
-    resident: int | None = None
-    last_used: float = 0.0
+    resident: ObjectKey | None = None
 
     def arrivals_until(self, t: float) -> int:
         """Frames sent in [start, t] (and before the stop)."""
@@ -134,8 +140,17 @@ class _Lane:
         return self.arrived - self.head
 
     @property
-    def memory(self) -> int:
-        return 0 if self.resident is None else self.app.descendants[self.resident].memory_bytes
+    def wanted(self) -> ObjectKey:
+        """The resident its target descendant needs."""
+        return object_key(self.app, self.target)
+
+
+@dataclass
+class _Resident:
+    """One loaded object and when it was last used (loaded, or a frame of any of its apps)."""
+
+    bytes: int
+    last_used: float
 
 
 @dataclass
@@ -157,6 +172,7 @@ class ExecutorReplay:
     model: RuntimeModel
     default_costs: Callable[[App], list[DescendantCosts]]
     lanes: dict[str, _Lane] = field(default_factory=dict)
+    residents: dict[ObjectKey, _Resident] = field(default_factory=dict)
     now: float = 0.0
     horizon: float = 0.0  # frames are known to be sent up to here (the next event's time)
     virtual: float = 0.0
@@ -180,9 +196,8 @@ class ExecutorReplay:
             lane = self.lanes.get(name)
             if lane is not None:
                 self._stop(lane, t)
-        for name in [n for n, lane in self.lanes.items()
-                     if n not in planned]:
-            del self.lanes[name]  # paused by the plan: its frames are not served
+        for name in [n for n in self.lanes if n not in planned]:
+            self._leave(self.lanes.pop(name))  # paused by the plan: its frames are not served
         for name, part in planned.items():
             lane = self.lanes.get(name)
             if lane is None:
@@ -197,18 +212,55 @@ class ExecutorReplay:
         self.budget, self.swapping = budget, swapping
         lanes = list(self.lanes.values())
         downs = [lane for lane in lanes if lane.resident is not None
-                 and lane.app.descendants[lane.target].memory_bytes <= lane.memory]
+                 and self._need(lane) <= self.residents[lane.resident].bytes]
         for lane in downs:
-            self._switch(lane, limit)
-        while self._resident_bytes() > budget and self._evict(exclude=None):
+            self._switch(lane, limit, t)
+        while self._resident_bytes() > budget and self._evict():
             pass
         for lane in lanes:
-            if lane in downs or lane.resident == lane.target:
+            if lane in downs or lane.resident == lane.wanted:
                 continue
-            if swapping:
-                lane.resident = None  # a stale descendant is freed; the worker loads on demand
+            if swapping and lane.wanted not in self.residents:
+                self._leave(lane)  # a stale resident is freed; the worker loads on demand
             else:
-                self._switch(lane, budget)
+                self._switch(lane, budget, t)
+
+    @staticmethod
+    def _need(lane: _Lane) -> int:
+        """Bytes of the resident the lane's target needs."""
+        return lane.app.descendants[lane.target].memory_bytes
+
+    def _switch(self, lane: _Lane, limit: int, t: float) -> None:
+        """Bring a lane (and every lane wanting the same resident) to its target at plan time:
+        onto the resident if loaded; else in place when every lane on the old resident moves
+        to the new one and both fit within ``limit``, beside the old one when there is room
+        (a load), otherwise cold (the lane's old resident freed first; a load)."""
+        key = lane.wanted
+        if key not in self.residents:
+            need = self._need(lane)
+            room = self._resident_bytes() + need <= limit
+            users = [other for other in self.lanes.values() if other.wanted == key]
+            old = lane.resident
+            on_old = [other for other in self.lanes.values() if old is not None
+                      and other.resident == old]
+            if room and on_old and all(other in users for other in on_old):
+                self.switches_in_place += 1
+                self.residents[key] = self.residents.pop(old)
+                self.residents[key].bytes = need
+                for other in on_old:
+                    other.resident = key
+            else:
+                if not room:
+                    self._leave(lane)
+                self.loads += 1
+                lane.totals.loads += 1
+                self.residents[key] = _Resident(need, t)
+            cost = lane.costs[lane.target]
+            self.load_s += cost.load_s
+            self.cpu_s += cost.load_cpu_s
+        for other in self.lanes.values():
+            if other.wanted == key:
+                self._point(other, key)
 
     def _stop(self, lane: _Lane, t: float) -> None:
         """An app stops sending at ``t``; its queued frames are served, then it is gone.
@@ -226,21 +278,6 @@ class ExecutorReplay:
             self._serve(lane)
         self.virtual = virtual
         self._retire_if_drained(lane)
-
-    def _switch(self, lane: _Lane, limit: int) -> None:
-        """Bring a lane to its target at plan time, in place if old and new fit together."""
-        if lane.resident == lane.target:
-            return
-        cost = lane.costs[lane.target]
-        need = lane.app.descendants[lane.target].memory_bytes
-        if lane.resident is not None and self._resident_bytes() + need <= limit:
-            self.switches_in_place += 1
-        else:
-            self.loads += 1
-            lane.totals.loads += 1
-        lane.resident = lane.target
-        self.load_s += cost.load_s
-        self.cpu_s += cost.load_cpu_s
 
     def _costs(self, app: App) -> Sequence[DescendantCosts]:
         costs = self.model.costs.get(app.name)
@@ -284,18 +321,20 @@ class ExecutorReplay:
         cost = lane.costs[lane.target]
         service, cpu = cost.frame(after_idle=self.idle)
         self.idle = False
-        if lane.resident != lane.target:
+        key = lane.wanted
+        if key not in self.residents:
             need = lane.app.descendants[lane.target].memory_bytes
-            lane.resident = None
-            while self._resident_bytes() + need > self.budget and self._evict(exclude=lane):
+            self._leave(lane)
+            while self._resident_bytes() + need > self.budget and self._evict():
                 pass
-            lane.resident = lane.target
+            self.residents[key] = _Resident(need, self.now)
             self.loads += 1
             lane.totals.loads += 1
             self.load_s += cost.load_s
             service += cost.load_s
             cpu += cost.load_cpu_s
-        lane.last_used = self.now
+        self._point(lane, key)
+        self.residents[key].last_used = self.now
         self.now += service
         lane.pass_value += service / max(lane.share, MIN_SHARE)
         self.busy_s += service
@@ -329,19 +368,37 @@ class ExecutorReplay:
             self.drops += excess
 
     def _retire_if_drained(self, lane: _Lane) -> None:
-        if lane.stop_s is not None and lane.queued == 0 and lane.next_arrival() is None:
-            self.lanes.pop(lane.name, None)
+        drained = lane.stop_s is not None and lane.queued == 0 and lane.next_arrival() is None
+        if drained and self.lanes.pop(lane.name, None) is not None:
+            self._leave(lane)
 
     # ------------------------------------------------------------------ memory
 
     def _resident_bytes(self) -> int:
-        return sum(lane.memory for lane in self.lanes.values())
+        return sum(resident.bytes for resident in self.residents.values())
 
-    def _evict(self, exclude: _Lane | None) -> bool:
-        """Free the least recently used resident descendant (not ``exclude``'s)."""
-        resident = [lane for lane in self.lanes.values()
-                    if lane.resident is not None and lane is not exclude]
-        if not resident:
+    def _point(self, lane: _Lane, key: ObjectKey) -> None:
+        """Run a lane on resident ``key``; its old resident is freed if no lane runs on it."""
+        if lane.resident != key:
+            self._leave(lane)
+            lane.resident = key
+
+    def _leave(self, lane: _Lane) -> None:
+        """A lane runs on no resident any more; its old one is freed if no lane runs on it."""
+        old, lane.resident = lane.resident, None
+        if old is not None and not any(other.resident == old for other in self.lanes.values()):
+            self._free(old)
+
+    def _free(self, key: ObjectKey) -> None:
+        """Drop a resident; the lanes running on it have none."""
+        del self.residents[key]
+        for lane in self.lanes.values():
+            if lane.resident == key:
+                lane.resident = None
+
+    def _evict(self) -> bool:
+        """Free the least recently used resident; False if none is left."""
+        if not self.residents:
             return False
-        min(resident, key=lambda lane: lane.last_used).resident = None
+        self._free(min(self.residents, key=lambda key: self.residents[key].last_used))
         return True

@@ -8,14 +8,19 @@ Between two events the plan is constant, so every figure is integrated exactly:
   processing rate are *dropped* (the newest frame matters);
 - compute busy fraction (the energy proxy) = sum over apps of min(u, fps * L(d)) -- the
   processor time the frames actually use -- plus the time lost to swapping (below);
-- a *switch* is a running app changing descendant; with nested descendants an upgrade loads
-  only the bytes the larger descendant adds (M(d') - M(d)) and a downgrade loads nothing;
-  starting an app loads its whole descendant (`load_bytes`). Their loading time, bytes /
-  `SwapModel.bandwidth_bytes_per_s`, is reported as `load_s` (not taken from the apps'
-  compute: at the default bandwidth it is milliseconds per event);
+- memory is that of the plan's *resident objects*: one per descendant id, shared by every
+  app whose descendant has it (an id-less descendant is an object of its own app);
+- a *switch* is a running app changing descendant. Loads are per object: an object the plan
+  needs and the previous plan did not is loaded once, charged to its first app in start
+  order (`load_bytes` if that app just started, else `switch_bytes`); an app moving onto an
+  object another app keeps resident loads nothing. With nested descendants a new object
+  that replaces one the plan drops, all of whose apps move to it, is grown or shrunk in
+  place: an upgrade loads only the bytes the larger descendant adds (M(d') - M(d)) and a
+  downgrade nothing. Loading time, `SwapModel.load_time(bytes)`, is reported as `load_s`
+  (not taken from the apps' compute: at the default bandwidth it is milliseconds per event);
 - swapping (baseline only, when its models do not fit the budget): apps are time-multiplexed
   in rounds of `SwapModel.period_s` (default one 30 fps frame interval); each round at least
-  the excess bytes (sum of models - budget) must be read again, which takes excess /
+  the excess bytes (resident objects - budget) must be read again, which takes excess /
   bandwidth seconds of every round. That fraction of the processor is lost to loading: every
   app's effective share is u * (1 - load fraction). This is the most favourable swapping any
   memory manager can achieve (it re-reads only the excess), so it flatters the baseline.
@@ -28,10 +33,11 @@ plan does not fit, on-demand loads with least-recently-used eviction before a fr
 model also predicts processor time (``Summary.cpu_s``) and the number of loads.
 
 A NestDNN policy re-solves at every event with the switch-aware `resolve`. Apps are
-admitted in start order; one that cannot join those before it (their smallest descendants
-would exceed the budget, or no share step is left) is *paused* -- no compute, no frames, no
-descendant -- until it fits, as the daemon would refuse it. The baseline pauses an app only
-when no share step is left or its model alone exceeds the budget.
+admitted in start order; one that cannot join those before it (the least memory of any plan
+for them would exceed the budget -- shared ids counted once -- or no share step is left) is
+*paused* -- no compute, no frames, no descendant -- until it fits, as the daemon would refuse
+it. The baseline pauses an app only when no share step is left or its model alone exceeds
+the budget.
 """
 
 from __future__ import annotations
@@ -54,9 +60,11 @@ from scheduler.problem import (
     Problem,
     Solution,
     check_share_step,
+    check_shared_ids,
     read_json,
 )
 from scheduler.replay import DescendantCosts, ExecutorReplay, PlannedLane, RuntimeModel
+from scheduler.sharing import ObjectKey, Residency, object_key
 from scheduler.solve import Tolerance, baseline, baseline_descendant, resolve
 
 log = logging.getLogger(__name__)
@@ -155,6 +163,7 @@ class Trace(BaseModel):
                     raise ValueError(f"{where}: app {event.name!r} is not running")
                 if isinstance(event, AppStop):
                     running.remove(event.name)
+        check_shared_ids(e.app for e in self.events if isinstance(e, AppStart))
         return self
 
 
@@ -407,19 +416,15 @@ class _Simulator:
         fit the budget (it swaps the rest).
         """
         admitted: list[_Running] = []
-        memory = 0
         for app in sorted(self.running.values(), key=lambda a: a.start_s):
             if len(admitted) == self.trace.share_units:
                 break
             if self.policy == "baseline":
                 need = app.app.descendants[baseline_descendant(app.app)].memory_bytes
-                fits = need <= self.budget
             else:
-                need = app.app.descendants[app.app.smallest].memory_bytes
-                fits = memory + need <= self.budget
-            if fits:
+                need = Residency.of([a.app for a in [*admitted, app]]).least_memory()
+            if need <= self.budget:
                 admitted.append(app)
-                memory += need
             else:
                 log.info("%s cannot be scheduled now; paused", app.app.name)
         return admitted
@@ -433,9 +438,7 @@ class _Simulator:
         self.solve_time_s += solution.solve_time_s
         assert solution.feasible, solution.reason
         chosen = {a.name: a for a in solution.apps}
-        for app in self.running.values():
-            new = chosen[app.app.name].descendant if app.app.name in chosen else None
-            self._account_switch(app, new)
+        self._account_loads({name: a.descendant for name, a in chosen.items()})
         self.plan = solution
         if self.replay is not None:
             planned = {name: PlannedLane(app.app, app, app.start_s, app.fps,
@@ -445,22 +448,56 @@ class _Simulator:
                               swapping=solution.memory_used_bytes > self.budget)
         self.stopped = []
 
-    def _account_switch(self, app: _Running, new: int | None) -> None:
-        """Count a switch (or a load) when an app's descendant changes."""
-        old = app.descendant
-        app.descendant = new
-        if new is None or new == old:
-            return
-        new_bytes = app.app.descendants[new].memory_bytes
-        if old is None:
-            loaded = new_bytes
-            app.load_bytes += loaded
-        else:
-            loaded = max(0, new_bytes - app.app.descendants[old].memory_bytes)
-            app.switches += 1
-            app.switch_bytes += loaded
-        if self.replay is None:
-            self.load_s += self.swap.load_time(loaded)
+    def _account_loads(self, chosen: dict[str, int]) -> None:
+        """Count switches (descendant changes) and the bytes loaded per new resident object
+        (module docstring), then record the new descendants."""
+        users: dict[ObjectKey, list[_Running]] = {}
+        for app in self.running.values():
+            if app.descendant is not None:
+                users.setdefault(object_key(app.app, app.descendant), []).append(app)
+        after: dict[ObjectKey, list[_Running]] = {}
+        for app in sorted(self.running.values(), key=lambda a: a.start_s):
+            if app.app.name in chosen:
+                after.setdefault(object_key(app.app, chosen[app.app.name]), []).append(app)
+        grown: set[ObjectKey] = set()
+        for key, apps in after.items():
+            if key in users:
+                continue
+            first = apps[0]
+            loaded = self._load_bytes(first, chosen[first.app.name], apps, users, after, grown)
+            if first.descendant is None:
+                first.load_bytes += loaded
+            else:
+                first.switch_bytes += loaded
+            if self.replay is None:
+                self.load_s += self.swap.load_time(loaded)
+        for app in self.running.values():
+            new = chosen.get(app.app.name)
+            if new is not None and app.descendant is not None and new != app.descendant:
+                app.switches += 1
+            app.descendant = new
+
+    @staticmethod
+    def _load_bytes(
+        first: _Running,
+        new: int,
+        apps: list[_Running],
+        users: dict[ObjectKey, list[_Running]],
+        after: dict[ObjectKey, list[_Running]],
+        grown: set[ObjectKey],
+    ) -> int:
+        """Bytes loaded for the new object of `apps` (first: the first of them).
+
+        In place (nested descendants) when the first app's old object is dropped by the plan
+        and all its apps move to the new one: only the bytes a larger descendant adds."""
+        size = first.app.descendants[new].memory_bytes
+        if first.descendant is None:
+            return size
+        old = object_key(first.app, first.descendant)
+        if old in after or old in grown or not all(a in apps for a in users[old]):
+            return size
+        grown.add(old)
+        return max(0, size - first.app.descendants[first.descendant].memory_bytes)
 
     def _integrate(self, start: float, end: float) -> None:
         """Add one constant-plan stretch to every running app's totals."""

@@ -358,3 +358,96 @@ def test_runtime_model_on_a_random_trace_accounts_every_frame(policy: str) -> No
         assert stats.frames_done >= 0 and stats.frames_dropped >= 0
         assert abs(sent - stats.frames_in) <= 1  # frames_in is fps * run time
     assert summary.swapping_s > 0 or policy != "baseline"
+
+
+# ------------------------------------------------------------- shared residency (ids)
+
+SMALL = Descendant(accuracy=0.7, memory_bytes=1000, latency_s=0.01, id="m#0")
+LARGE = Descendant(accuracy=0.9, memory_bytes=3000, latency_s=0.02, id="m#1")
+
+
+def on_model(name: str) -> App:
+    return App(name=name, target_latency_s=0.1, descendants=[SMALL, LARGE])
+
+
+def shared_trace() -> Trace:
+    """a alone on the large descendant; b joins it (no load); the budget halves, both move to
+    the small one; c joins there (admitted: one copy fits); b stops."""
+    return Trace(
+        duration_s=5.0,
+        memory_budget_bytes=3500,
+        events=[
+            AppStart(time_s=0.0, app=on_model("a")),
+            AppStart(time_s=1.0, app=on_model("b")),
+            BudgetChange(time_s=2.0, memory_budget_bytes=2000),
+            AppStart(time_s=3.0, app=on_model("c")),
+            AppStop(time_s=4.0, name="b"),
+        ],
+    )
+
+
+def test_apps_sharing_an_id_load_and_hold_one_copy() -> None:
+    result = simulate(shared_trace(), "min-total-cost", swap=SwapModel(bandwidth_bytes_per_s=1e6))
+    plans = [[(p.name, p.descendant) for p in s.apps] for s in result.timeline]
+    assert plans == [
+        [("a", 1)],
+        [("a", 1), ("b", 1)],
+        [("a", 0), ("b", 0)],
+        [("a", 0), ("b", 0), ("c", 0)],
+        [("a", 0), ("c", 0)],
+    ]
+    assert [s.memory_used_bytes for s in result.timeline] == [3000, 3000, 1000, 1000, 1000]
+    # a loads the large copy; b finds it resident; both shrink it in place (nothing to load);
+    # c finds the small copy resident
+    stats = {s.name: (s.load_bytes, s.switch_bytes, s.switches, s.paused_s) for s in result.apps}
+    assert stats == {"a": (3000, 0, 1, 0.0), "b": (0, 0, 1, 0.0), "c": (0, 0, 0, 0.0)}
+    assert result.summary.load_s == pytest.approx(3000 / 1e6)
+
+
+def test_runtime_model_loads_a_shared_resident_once() -> None:
+    result = simulate(shared_trace(), "min-total-cost", runtime=RuntimeModel())
+    # the large copy for a; at the budget cut 3000 + 1000 bytes do not fit the old budget of
+    # 3500 together: a cold load of the small copy, which b and then c run on too
+    assert [(s.name, s.loads) for s in result.apps] == [("a", 2), ("b", 0), ("c", 0)]
+    assert result.summary.loads == 2
+    assert result.summary.load_s == pytest.approx((3000 + 1000) / 1e9)
+
+
+def test_swapping_evicts_and_reloads_per_resident_not_per_app() -> None:
+    """a and b share a 3000-byte resident, d needs 2000 bytes of its own, the budget holds
+    3000: every round of frames loads each resident once (two loads), not each app's."""
+    shared = LARGE.model_copy(update={"latency_s": 0.005})
+    own = Descendant(accuracy=0.8, memory_bytes=2000, latency_s=0.005, id="n#0")
+    apps = [
+        App(name=name, target_latency_s=1.0, descendants=[d])
+        for name, d in (("a", shared), ("b", shared), ("d", own))
+    ]
+    trace = Trace(
+        duration_s=1.0,
+        memory_budget_bytes=3000,
+        events=[AppStart(time_s=0.0, app=app) for app in apps],
+    )
+    model = RuntimeModel(costs={name: costs(0.005, load=0.002) for name in "abd"})
+    result = simulate(trace, "baseline", runtime=model)
+    assert [s.frames_done for s in result.apps] == [30, 30, 30]
+    assert result.summary.loads == 60
+    assert result.summary.busy_fraction == pytest.approx(90 * 0.005 + 60 * 0.002)
+    # the fluid model: 5000 bytes resident, 2000 over the budget
+    fluid = simulate(trace, "baseline", swap=SwapModel(bandwidth_bytes_per_s=1e6, period_s=1e-2))
+    assert fluid.timeline[0].memory_used_bytes == 5000
+    assert fluid.summary.busy_fraction == pytest.approx(0.2 + 3 * 30 * 0.005)
+    roomy = trace.model_copy(update={"memory_budget_bytes": 5000})
+    assert simulate(roomy, "baseline", runtime=model).summary.loads == 2
+
+
+def test_a_trace_with_one_id_of_two_sizes_is_rejected(tmp_path: Path) -> None:
+    wrong = LARGE.model_copy(update={"memory_bytes": 4000})
+    events = [
+        AppStart(time_s=0.0, app=on_model("a")).model_dump(),
+        AppStart(time_s=1.0, app=App(name="b", target_latency_s=0.1, descendants=[wrong]))
+        .model_dump(),
+    ]
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"duration_s": 2.0, "memory_budget_bytes": 10, "events": events}))
+    with pytest.raises(NestError, match="descendants with id 'm#1' differ in memory_bytes"):
+        load_trace(path)
