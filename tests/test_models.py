@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+from test_export import tflite_interpreter
 from torch.utils.data import TensorDataset
 
 from nestdnn.arch import model_graph
 from nestdnn.errors import NestError
+from nestdnn.export import export_descendant
 from nestdnn.models import (
     ARCHS,
     ModelConfig,
@@ -26,6 +31,8 @@ from nestdnn.nestfile import NestDescendant, NestMeta, write_nest
 from pruning.importance import L1, TRR
 from pruning.prune import channels_to_keep
 from recovery.freeze import Freezer
+
+HAS_LITERT = importlib.util.find_spec("litert_torch") is not None
 
 SMALL_ARCHS = ["vgg11", "vgg16", "resnet20", "resnet18", "resnet50", "mobilenetv2", "vgg16-tv"]
 ROUND_TRIP_ARCHS = ["vgg11", "vgg16-tv", "resnet20", "resnet50", "mobilenetv2"]
@@ -293,3 +300,50 @@ def test_prune_grow_round_trip_keeps_shapes_and_nesting(arch: str, tmp_path: Pat
     with torch.inference_mode():
         for k, expected in enumerate((small, big)):
             assert torch.equal(load_descendant(path, k)(x), expected(x))
+
+
+# --------------------------------------------------------------------- MobileNetV2 exports
+
+
+@pytest.fixture(scope="module")
+def mobilenet_nest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-level MobileNetV2 .nest: the first half of every group, then the whole model."""
+    torch.manual_seed(0)
+    big = build_model("mobilenetv2", in_channels=3, num_classes=4, input_size=32,
+                      width_mult=0.25)
+    _busy_batch_norms(big, 32)
+    half = {g: max(1, w // 2) for g, w in big.groups().items()}
+    small = prefix_state_dict(big.state_dict(), big.param_axes(), half)
+    path = tmp_path_factory.mktemp("mobilenet") / "model.nest"
+    write_nest(path, [
+        NestDescendant({k: t.clone() for k, t in small.items()},
+                       replace(big.config, widths=half), 0.5),
+        NestDescendant(big.state_dict(), big.config, 0.75),
+    ], NestMeta("synthetic", [f"c{i}" for i in range(4)], [0.5] * 3, [0.25] * 3))
+    return path
+
+
+def _exported_logits(path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(["logits"], {"input": x})[0]
+    interpreter = tflite_interpreter(path)
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(out["index"])
+
+
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("tflite", marks=[
+    pytest.mark.slow,
+    pytest.mark.skipif(not HAS_LITERT, reason="litert-torch (extra 'export') is not installed"),
+])])
+def test_mobilenetv2_descendants_export(mobilenet_nest: Path, tmp_path: Path, fmt: str) -> None:
+    out = export_descendant(mobilenet_nest, 0, fmt, tmp_path / f"d0.{fmt}")
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        expected = load_descendant(mobilenet_nest, 0)(x).numpy()
+    np.testing.assert_allclose(_exported_logits(out, fmt, x.numpy()), expected, atol=1e-4,
+                               rtol=0)
