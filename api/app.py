@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from api.daemon import ApiSettings, Daemon
+from api.deps import known_query_only
 from api.errors import install_error_handlers
 from api.middleware import BodyLimits, HostCheck, RequestCounter
 from api.openapi import install_openapi
@@ -37,6 +38,7 @@ def create_app(runtime: Runtime, settings: ApiSettings) -> FastAPI:
         "register, send frames and get predictions; the scheduler picks each "
         "app's descendant and processor share. See docs/api.md.",
         lifespan=lifespan,
+        dependencies=[Depends(known_query_only)],
     )
     app.state.daemon = daemon
     app.router.routes.append(infer.InferRoute())  # serves infer ahead of the documented route
@@ -45,7 +47,10 @@ def create_app(runtime: Runtime, settings: ApiSettings) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app, open_registration=settings.registration == "open")
     app.add_middleware(
-        BodyLimits, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+        BodyLimits,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        in_flight_bytes=settings.body_bytes_in_flight,
     )
     app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
     app.add_middleware(RequestCounter, metrics=daemon.metrics)  # outermost: counts every answer

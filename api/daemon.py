@@ -48,10 +48,10 @@ class ApiSettings:
     Access: ``registration`` (``token``: creating an app needs the registration or admin
     token; ``open``: anyone may, at a priority of at most ``open_priority_cap``) and
     ``allowed_hosts`` (Host header names, any port; ``*`` allows any). Limits: request bodies
-    (bytes, and seconds to arrive), JSON frames, image pixels (``pixels_per_input_pixel``
-    times the model's H x W, never more than ``max_image_pixels``), concurrent decodes; and
-    for the server below the app, connections, header bytes and seconds, keep-alive idle
-    seconds (see `api.server`).
+    (bytes, seconds to arrive, bytes of all requests in progress together), JSON frames,
+    image pixels (``pixels_per_input_pixel`` times the model's H x W, never more than
+    ``max_image_pixels``), concurrent decodes; and for the server below the app,
+    connections, header bytes and seconds, keep-alive idle seconds (see `api.server`).
     """
 
     state_dir: Path
@@ -69,6 +69,12 @@ class ApiSettings:
     header_timeout_s: float = 10.0
     keep_alive_s: int = 5
     top_k: int = 5
+
+    @property
+    def body_bytes_in_flight(self) -> int:
+        """The most body bytes all requests in progress may hold together: 8 bodies of the
+        largest size (503 beyond)."""
+        return 8 * self.max_body_bytes
 
     def image_pixels(self, height: int, width: int) -> int:
         """The most pixels a frame for a model of input H x W may have."""

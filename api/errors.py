@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from api.auth import PriorityAboveCap
 from api.frames import FrameError, UnsupportedMediaType
-from api.middleware import CLOSE, BodyTimeout, BodyTooLarge
+from api.middleware import BUSY, CLOSE, BodiesInFlight, BodyTimeout, BodyTooLarge
 from api.problems import problem
 from nestdnn.errors import NestError
 from scheduler.daemon import FrameDropped, Infeasible, QueueFull, UnknownApp, UnknownModel
@@ -37,14 +37,15 @@ KIND_OF: dict[type[Exception], tuple[int, str]] = {
     FrameError: (422, "bad-frame"),
     BadModelOutput: (502, "bad-model-output"),
     ModelUnavailable: (503, "model-unavailable"),
+    BodiesInFlight: (503, "bodies-in-flight"),
 }
 """Errors answered with their message and no member of their own."""
-UNREAD_BODY_KINDS = ("body-timeout", "body-too-large")
+HEADERS = {"body-timeout": CLOSE, "body-too-large": CLOSE, "bodies-in-flight": BUSY}
 """Answered before the body was read: the connection is closed after the answer."""
 
 
 def _simple(status: int, kind: str) -> Handler:
-    headers = CLOSE if kind in UNREAD_BODY_KINDS else None
+    headers = HEADERS.get(kind)
 
     async def handle(_request: Request, exc: Exception) -> Response:
         return problem(status, str(exc), kind, headers=headers)

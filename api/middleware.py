@@ -11,6 +11,7 @@ from api.problems import problem
 from nestdnn.errors import NestError
 
 CLOSE = {"connection": "close"}
+BUSY = {**CLOSE, "retry-after": "1"}
 
 
 class BodyTooLarge(NestError):
@@ -21,15 +22,25 @@ class BodyTimeout(NestError):
     """The request body did not arrive within the time allowed."""
 
 
-class BodyLimits:
-    """Refuse bodies larger than a limit (413, by Content-Length or while streaming) or that do
-    not arrive within a time limit from the app's first read (408): a slow or stalled sender
-    cannot hold a request, and its connection, open for ever."""
+class BodiesInFlight(NestError):
+    """The bodies of the requests in progress already hold the memory allowed for them."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
+
+class BodyLimits:
+    """Refuse bodies larger than a limit (413, by Content-Length or while streaming), that do
+    not arrive within a time limit from the app's first read (408: a slow or stalled sender
+    cannot hold a request, and its connection, open for ever), or that would take the bytes
+    read by all requests in progress past ``in_flight_bytes`` (503: memory stays bounded
+    however many connections send large bodies at once)."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, timeout_s: float, in_flight_bytes: int
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.in_flight_limit = max(in_flight_bytes, max_bytes)
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,6 +49,10 @@ class BodyLimits:
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
             refusal = problem(413, self._too_large(), "body-too-large", headers=CLOSE)
+            await refusal(scope, receive, send)
+            return
+        if declared is not None and self.in_flight + declared > self.in_flight_limit:
+            refusal = problem(503, self._busy(), "bodies-in-flight", headers=BUSY)
             await refusal(scope, receive, send)
             return
         received = 0
@@ -58,18 +73,31 @@ class BodyLimits:
                     f"the request body did not arrive within {self.timeout_s:g} s"
                 ) from None
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                received += size
+                self.in_flight += size
                 if received > self.max_bytes:
                     raise BodyTooLarge(self._too_large())
+                if self.in_flight > self.in_flight_limit:
+                    raise BodiesInFlight(self._busy())
                 complete = not message.get("more_body", False)
             else:
                 complete = True
             return message
 
-        await self.app(scope, limited, send)
+        try:
+            await self.app(scope, limited, send)
+        finally:
+            self.in_flight -= received
 
     def _too_large(self) -> str:
         return f"request body larger than the limit of {self.max_bytes} bytes"
+
+    def _busy(self) -> str:
+        return (
+            f"the requests in progress already hold {self.in_flight_limit} bytes of bodies:"
+            " retry in a moment"
+        )
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -31,7 +31,8 @@ DESCRIPTIONS = {
     429: "The frame was not run (`reason`: `dropped` or `queue_full`).",
     431: "The request headers are larger than the daemon's limit.",
     502: "The model produced NaN or infinite outputs for this frame (counted in /metrics).",
-    503: "Too many connections, or the app's model cannot be loaded.",
+    503: "Too many connections or too much request data in flight (retry), or the app's "
+    "model cannot serve now.",
 }
 SCHEMAS: dict[int, type[BaseModel]] = {
     409: InfeasibleProblem,

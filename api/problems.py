@@ -55,6 +55,7 @@ KINDS = {
         Kind("bad-model-output", 502, "Model produced an invalid output"),
         Kind("model-unavailable", 503, "Model unavailable"),
         Kind("too-many-connections", 503, "Too many connections"),
+        Kind("bodies-in-flight", 503, "Too much request data in flight"),
     )
 }
 

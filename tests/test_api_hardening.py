@@ -600,3 +600,58 @@ def test_an_unavailable_model_is_503(client: TestClient, monkeypatch: pytest.Mon
     monkeypatch.setattr(runtime, "submit", unavailable)
     answer = infer(client, app, npy_bytes(np.zeros((1, 16, 16), np.float32)), "application/x-npy")
     assert_problem(answer, 503, "model-unavailable")
+
+
+def test_unknown_query_parameters_are_422_as_unknown_body_fields_are(client: TestClient) -> None:
+    """A typo such as ?topk=3 was silently ignored (the fuzzer's negative-data check)."""
+    app = register(client)
+    frame = npy_bytes(np.zeros((1, 16, 16), np.float32))
+    headers = {"content-type": "application/x-npy", **bearer(app["token"])}
+    typo = client.post(f"/v1/apps/{app['id']}/infer?topk=3", content=frame, headers=headers)
+    (error,) = assert_problem(typo, 422, "invalid-request")["errors"]
+    assert (error["loc"], error["type"]) == (["query", "topk"], "extra_forbidden")
+    both = client.post(f"/v1/apps/{app['id']}/infer?top_k=2&x=1", content=frame, headers=headers)
+    assert_problem(both, 422, "invalid-request")
+    fine = client.post(f"/v1/apps/{app['id']}/infer?top_k=2&top_k=3", content=frame,
+                       headers=headers)
+    assert len(fine.json()["top_k"]) == 3
+    for path in ["/v1/apps?limit=1", "/healthz?verbose=1", f"/v1/apps/{app['id']}?x="]:
+        assert_problem(client.get(path), 422, "invalid-request")
+
+
+def test_10_bodies_in_flight_are_bounded_in_bytes(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many connections sending large bodies at once cannot hold more than 8 maximum bodies
+    of memory: beyond, 503 with Retry-After before the body is read."""
+    import api.routers.infer as infer_module
+    from api.middleware import BodyLimits
+
+    release = threading.Event()
+
+    def held_decode(*_args: object) -> np.ndarray:
+        release.wait(30)
+        return np.zeros((1, 16, 16), np.float32)
+
+    monkeypatch.setattr(infer_module, "decode_frame", held_decode)
+    body = b"\x89PNG" + b"\0" * (60 << 10)
+    with make_client(models_dir, tmp_path / "state", max_body_bytes=64 << 10) as client:
+        app = register(client)
+        answers: list[int] = []
+        threads = [threading.Thread(target=lambda: answers.append(
+            infer(client, app, body, "image/png").status_code)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        limits = client.app.middleware_stack  # type: ignore[attr-defined]
+        while not isinstance(limits, BodyLimits):
+            limits = limits.app
+        deadline = time.monotonic() + 30
+        while limits.in_flight < 8 * len(body) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = infer(client, app, body, "image/png")
+        release.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert_problem(refused, 503, "bodies-in-flight")
+        assert refused.headers["retry-after"] == "1"
+        assert len(answers) == 8 and set(answers) <= {200, 429} and limits.in_flight == 0

@@ -33,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from api.auth import bearer_credentials, check_app_token
 from api.daemon import Daemon
+from api.deps import refuse_unknown_query
 from api.frames import (
     IMAGE_TYPES,
     JSON_TYPES,
@@ -185,8 +186,12 @@ def _answer(prediction: Prediction, entry: CatalogueEntry, k: int, total: float)
 
 
 def _top_k(request: Request) -> int | None:
-    """The ``top_k`` query parameter (the last if repeated), or a 422 as FastAPI words it."""
-    raw = request.query_params.get("top_k")
+    """The ``top_k`` query parameter (the last if repeated), or a 422 as FastAPI words it;
+    any other query parameter is a 422 too (`api.deps.known_query_only`)."""
+    params = request.query_params
+    if len(params) > ("top_k" in params):
+        refuse_unknown_query(params.keys(), {"top_k"})
+    raw = params.get("top_k")
     if raw is None:
         return None
     try:
