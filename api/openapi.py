@@ -1,9 +1,9 @@
 """The OpenAPI document: every error answer of every operation, as problem details.
 
 Routes name the statuses particular to them (`problems`); `install_openapi` adds those any
-operation can get (the Host check, oversized headers, too many connections; and for an
-operation with a body: unparsable, oversized or late bodies and invalid fields), and serves
-all of them as ``application/problem+json`` with the schema of their status.
+operation can get (`EVERY_OPERATION`; and for an operation with a body: unparsable,
+oversized or late bodies), and serves all of them as ``application/problem+json`` with the
+schema of their status.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ SCHEMAS: dict[int, type[BaseModel]] = {
     422: ValidationProblem,
     429: OverloadProblem,
 }
-EVERY_OPERATION = (421, 431, 503)
-WITH_BODY = (400, 408, 413, 422)
+EVERY_OPERATION = (421, 422, 431, 503)
+"""The Host check, unknown query parameters, oversized headers, too many connections."""
+WITH_BODY = (400, 408, 413)
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
