@@ -3,7 +3,8 @@
 Both start every app at its smallest descendant with an equal share and take improving
 moves, best first, until none is left. Neither backtracks, so neither is optimal in general;
 both keep both budgets at every step, so they are feasible whenever exact is (the start --
-smallest descendants, >= 1 unit each -- is feasible whenever any plan is).
+smallest descendants, least memory with shared ids, >= 1 unit each -- is feasible whenever
+any plan is).
 
 MinTotalCost moves: (a) share units move one at a time from the app (or free pool) that
 loses least to the app that gains most, while that lowers the total -- for fixed
@@ -25,6 +26,14 @@ units -- from the pool first, then the other apps' cheapest units -- as long as 
 app stays strictly below the current maximum; the move with the largest cost reduction per
 resource (extra bytes / M_max + t / U) goes first. When the worst app cannot improve, the
 MinTotalCost moves follow, restricted to plans whose every cost stays <= that maximum.
+
+Shared ids (`scheduler.sharing`): the start is a plan of least memory and every move counts
+marginal bytes (`_Marginal`: nothing for an object another app keeps resident; leaving an
+object frees it only if no other app runs on it). Moves that exist only with shared ids, so
+that problems without ids keep their plans: MinTotalCost consolidations (`_consolidate`,
+after the pair switches), the worst app taking the other apps on its object along
+(`_GroupSwitch`), and apps of sharing groups stepping down to free units for it
+(`_WorstFirst.compact`).
 """
 
 from __future__ import annotations

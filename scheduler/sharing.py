@@ -45,15 +45,10 @@ def object_key(app: App, descendant: int) -> ObjectKey:
 class ResidentSets:
     """A group's resident sets, smallest first (then in order of their objects' indices)."""
 
-    member: np.ndarray
-    """[set, object of the group]: whether the set holds the object."""
     memory: np.ndarray
     """[set]: bytes of the set."""
     allows: np.ndarray
     """[set, app of the group, descendant]: whether the descendant's object is in the set."""
-
-    def __len__(self) -> int:
-        return len(self.memory)
 
     def valid(self, usable: np.ndarray) -> np.ndarray:
         """[set]: every app of the group has a usable descendant ([app, descendant]) in it."""
@@ -65,6 +60,7 @@ class Group:
     """Apps (indices in problem order) that share resident objects, directly or through others."""
 
     apps: tuple[int, ...]
+    names: tuple[str, ...]
     objects: np.ndarray
     """[app of the group, descendant]: object index (-1: padding)."""
     object_bytes: np.ndarray
@@ -84,7 +80,7 @@ class Group:
         users = {int(o): {j for j in range(len(self.apps)) if o in self.objects[j]} for o in mine}
         common = [o for o in users if len(users[o]) > 1]
         own = [[o for o in users if users[o] == {j}] for j in range(len(self.apps))]
-        _check_count(self.apps, len(common), [len(o) for o in own])
+        _check_count(self.names, len(common), [len(o) for o in own])
         sets = sorted(
             tuple(sorted(a + tuple(o for o in b if o is not None)))
             for a, b in _candidates(common, own, len(self.apps))
@@ -97,8 +93,7 @@ class Group:
         local = np.where(present, np.searchsorted(mine, self.objects), 0)
         allows = member[:, local] & present[None]
         runs = allows.any(axis=2).all(axis=1)  # every app has a descendant in the set
-        member, allows = member[runs], allows[runs]
-        return ResidentSets(member, member @ self.object_bytes[mine], allows)
+        return ResidentSets(member[runs] @ self.object_bytes[mine], allows[runs])
 
 
 def _candidates(
@@ -114,7 +109,7 @@ def _candidates(
     return found
 
 
-def _check_count(apps: tuple[int, ...], common: int, own: list[int]) -> None:
+def _check_count(apps: tuple[str, ...], common: int, own: list[int]) -> None:
     """Refuse a group with more resident sets than `MAX_RESIDENT_SETS` (counted, not built)."""
     by_size = np.array([1], dtype=object)  # by_size[t]: ways to pick t own objects
     for p in own:
@@ -127,7 +122,7 @@ def _check_count(apps: tuple[int, ...], common: int, own: list[int]) -> None:
     )
     if count > MAX_RESIDENT_SETS:
         raise NestError(
-            f"apps {', '.join(map(str, apps))} share ids in {count:,} possible resident sets, "
+            f"apps {', '.join(apps)} share ids in {count:,} possible resident sets, "
             f"more than the {MAX_RESIDENT_SETS:,} the exact solver enumerates (ids should name "
             f"one descendant of one model)"
         )
@@ -159,7 +154,13 @@ class Residency:
                 objects[i, d] = len(sizes) - 1 if desc.id is None else number[desc.id]
         object_bytes = np.array(sizes, dtype=np.int64)
         groups = tuple(
-            Group(members, objects[list(members)], object_bytes) for members in _components(objects)
+            Group(
+                members,
+                tuple(apps[i].name for i in members),
+                objects[list(members)],
+                object_bytes,
+            )
+            for members in _components(objects)
         )
         return cls(objects, object_bytes, groups)
 
