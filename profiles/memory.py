@@ -1,15 +1,15 @@
 """Resident memory of loading and running one descendant, in a fresh subprocess.
 
 ``python -m profiles.memory BACKEND MODEL K`` (torch or onnxruntime on the ``.nest``, tflite
-on a flatbuffer) imports the runtime, sets the thread count and warms the runtime up on the
-reference stack (so that thread pools and allocator arenas exist). It then takes the baseline
+on a flatbuffer) imports the runtime, sets the thread count, warms the runtime up on the
+reference stack and on one load of the descendant (thread pools, allocator arenas and
+per-shape caches are paid once per process, not per load). It then takes the baseline
 (``VmRSS`` after a garbage collection and ``malloc_trim``), resets the kernel's peak-RSS
-counter (5 to ``/proc/self/clear_refs``), loads the descendant and runs ``runs`` batch-1
+counter (5 to ``/proc/self/clear_refs``), loads the descendant again and runs ``runs`` batch-1
 inferences. It reports the peak (``VmHWM``: weights, activations, transient copies while
 loading) and the resident growth that stays while the model is held (trimmed ``VmRSS`` minus
 the baseline): what the daemon's ledger accounts for the descendant on that backend. A fresh
-process per (descendant, backend) keeps other descendants, retained heap and the import-time
-peak out of the figures.
+process per (descendant, backend) keeps other descendants and the import-time peak out.
 """
 
 from __future__ import annotations
@@ -67,20 +67,32 @@ def reset_peak_rss() -> None:
         raise NestError(f"cannot reset the peak-RSS counter ({CLEAR_REFS}): {e}") from e
 
 
-def trimmed_rss() -> int:
-    """VmRSS after a garbage collection and returning freed heap to the system (glibc)."""
-    gc.collect()
+def release_freed_heap() -> None:
+    """Return freed heap memory to the system (glibc's ``malloc_trim``, ~0.1 ms; a no-op
+    elsewhere), so that resident memory follows what is held, not what was once held."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def trimmed_rss() -> int:
+    """VmRSS after a garbage collection and `release_freed_heap`."""
+    gc.collect()
+    release_freed_heap()
     return status_bytes("VmRSS")
 
 
 def loaded_memory(load: Callable[[], Runner], runs: int) -> MemoryStats:
-    """Peak and resident RSS of ``load()`` (the runtime already warm) and ``runs`` inferences.
+    """Peak and resident RSS of loading a model and ``runs`` inferences, in steady state.
 
-    The baseline is taken trimmed, the peak counter reset right after; the resident figure is
-    the trimmed RSS while the loaded model is still held, minus the baseline.
+    The model is loaded, run and dropped once first, so that what a process pays once (thread
+    pools, allocator arenas, caches per layer shape) is not counted; then the baseline is
+    taken trimmed, the peak counter reset, the model loaded and run again. The resident figure
+    is the trimmed RSS while the model is held, minus the baseline: what holding it costs a
+    long-running daemon, which also trims after every model it frees.
     """
+    warm = load()
+    warm()
+    del warm
     baseline = trimmed_rss()
     reset_peak_rss()
     run = load()

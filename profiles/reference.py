@@ -64,6 +64,7 @@ def onnxruntime_reference_runner(threads: int) -> Runner:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.enable_cpu_mem_arena = False  # as the descendants' sessions (profiles.onnxrt)
     session = ort.InferenceSession(reference_onnx(), options,
                                    providers=["CPUExecutionProvider"])
     feeds = {"input": fixed_input(INPUT_SHAPE)}

@@ -626,17 +626,19 @@ def test_state_is_written_atomically(
 def test_update_re_plans_towards_the_app_whose_priority_rose(
     catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime]
 ) -> None:
-    cam = sizes(catalogue, "cam")
-    rt = make_runtime(cam[2] + cam[0] + cam[0] // 2)  # only one app can have d2
+    cam, mic = sizes(catalogue, "cam"), sizes(catalogue, "mic")
+    budget = max(cam[2] + mic[0], cam[0] + mic[2]) + cam[0] // 2  # one big, not both
+    assert cam[2] + mic[2] > budget
+    rt = make_runtime(budget)
     first = rt.register(AppSpec(model="cam", target_latency_s=10.0, priority=2.0))
-    second = rt.register(AppSpec(model="cam", target_latency_s=10.0))
-    assert (first.descendant, rt.snapshot().apps[1].descendant) == (2, 0)
+    second = rt.register(AppSpec(model="mic", target_latency_s=10.0))
+    assert first.descendant == 2 and rt.snapshot().apps[1].descendant < 2
     updated = rt.update(second.id, priority=20.0)
     assert (updated.priority, updated.descendant) == (20.0, 2)
     snap = rt.snapshot()
-    assert [a.descendant for a in snap.apps] == [0, 2]
+    assert snap.apps[0].descendant < 2 and snap.apps[1].descendant == 2
     assert [a.switches for a in snap.apps] == [1, 1]
-    assert snap.accounted_bytes == cam[0] + cam[2]
+    assert snap.accounted_bytes - snap.idle_bytes == cam[snap.apps[0].descendant] + mic[2]
 
 
 def test_the_baseline_swaps_models_that_do_not_fit_together(
@@ -684,7 +686,9 @@ def test_the_runtime_makes_the_simulators_decisions_on_the_same_trace(
 ) -> None:
     """Same apps, same events, same switch-aware re-solve: the applied plans (descendants
     and shares) equal the simulator's after every event, for NestDNN and the baseline."""
-    tables = {m: catalogue.entries[m].profiled(DEFAULT_BACKEND) for m in MODELS}
+    tables = {m: [d.model_copy(update={"id": f"{m}#{k}"})  # shared residents, as planned
+                  for k, d in enumerate(catalogue.entries[m].profiled(DEFAULT_BACKEND))]
+              for m in MODELS}
     models = {"a": "cam", "b": "mic", "c": "cam", "d": "mic"}
     steps = [("start", "a"), ("start", "b"), ("start", "c"), ("stop", "a"), ("start", "d"),
              ("stop", "b")]
@@ -805,3 +809,20 @@ def test_the_live_benchmark_mixes_the_models_and_measures_the_simulators_inputs(
         result = simulate(workload.trace, policy, runtime=model)
         assert result.summary.model == "runtime" and result.summary.cpu_s > 0
         assert {a.name for a in result.apps} == set(workload.models)
+
+
+def test_a_third_app_on_the_same_model_shares_the_resident_and_needs_no_downgrade(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime]
+) -> None:
+    """The demo's scenario: the budget holds one copy of the largest descendant and a bit.
+    Apps on one model share it, so a second and a third app change nothing; the ledger counts
+    one copy, and when the apps leave it goes back to zero."""
+    cam = sizes(catalogue, "cam")
+    rt = make_runtime(cam[2] + cam[0] // 2)
+    apps = [rt.register(AppSpec(model="cam", fps=5.0)) for _ in range(3)]
+    snap = rt.snapshot()
+    assert [a.descendant for a in snap.apps] == [2, 2, 2]
+    assert snap.accounted_bytes == cam[2]
+    for app in apps:
+        rt.unregister(app.id)
+    assert rt.snapshot().accounted_bytes == 0

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from profiles.memory import release_freed_heap
 from scheduler.daemon.backends import InferenceBackend, LoadedModel, softmax
 from scheduler.daemon.catalogue import CatalogueEntry
 from scheduler.daemon.errors import BadModelOutput, UnknownApp
@@ -505,6 +506,7 @@ class ModelManager:
         resident.model = None
         self._residents.pop(resident.key, None)
         self._unreserve(resident.bytes, why)
+        release_freed_heap()  # the process's memory follows the ledger down
 
     # ---------------------------------------------------------------- ledger
 

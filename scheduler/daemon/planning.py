@@ -3,8 +3,11 @@
 Each app becomes one `scheduler.problem.App` named by its app id: its model's descendants on
 the runtime's backend (only those reaching the app's ``min_accuracy``, if it set one), its
 latency target T (``target_latency_s``, or ``1 / fps`` when only a frame rate was given) and
-its priority. The switch-aware re-solve of the scheduler decides, given the plan in force;
-the answer is mapped back to the model's own descendant indices.
+its priority. Every descendant carries the id of its resident (``model#k``): apps on the same
+descendant of the same model share one loaded copy, and the optimiser counts its bytes once.
+Latencies are the backend's, scaled to the machine's speed now (`scheduler.daemon.speed`).
+The switch-aware re-solve of the scheduler decides, given the plan in force; the answer is
+mapped back to the model's own descendant indices.
 """
 
 from __future__ import annotations
@@ -87,10 +90,12 @@ def plan(
 
 def _problem_app(app: PlannedApp, backend: InferenceBackend, allowed: list[int],
                  scale: float) -> App:
-    """The app as the optimiser sees it: latencies scaled to the machine's speed now."""
+    """The app as the optimiser sees it: latencies scaled to the machine's speed now, and each
+    descendant named by its resident (``model#k``), so that apps sharing it count its bytes
+    once."""
     table = backend.descendants(app.entry)
-    descendants = [table[k] if scale == 1.0 else
-                   table[k].model_copy(update={"latency_s": table[k].latency_s * scale})
+    descendants = [table[k].model_copy(update={"latency_s": table[k].latency_s * scale,
+                                               "id": f"{app.entry.name}#{k}"})
                    for k in allowed]
     return App(name=app.id, target_latency_s=app.spec.latency_target_s,
                priority=app.spec.priority, descendants=descendants)

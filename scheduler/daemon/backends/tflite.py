@@ -1,4 +1,4 @@
-"""TFLite runtime on per-descendant flatbuffers; memory = the flatbuffer's bytes.
+"""TFLite runtime on per-descendant flatbuffers; memory = the profile's measured resident bytes.
 
 Every descendant is its own flatbuffer, converted once from the ``.nest`` (through
 ``nestdnn.export``, litert-torch) and cached beside the model file, keyed by the file's
@@ -15,7 +15,6 @@ import numpy as np
 from profiles.tflite import converted_descendants, tflite_interpreter_class
 from scheduler.daemon.backends.base import InferenceBackend, LoadedModel
 from scheduler.daemon.catalogue import CatalogueEntry
-from scheduler.problem import Descendant
 
 
 class TfliteModel(LoadedModel):
@@ -58,11 +57,6 @@ class TfliteBackend(InferenceBackend):
         for entry in entries:
             self._flatbuffers[entry.name] = converted_descendants(
                 entry.nest_path, entry.sha256, range(entry.num_descendants))
-
-    def describe(self, entry: CatalogueEntry) -> list[Descendant]:
-        return [d.model_copy(update={"memory_bytes": path.stat().st_size})
-                for d, path in zip(entry.profiled(self.name), self._flatbuffers[entry.name],
-                                   strict=True)]
 
     def open(self, entry: CatalogueEntry, descendant: int) -> LoadedModel:
         return TfliteModel(descendant, self._flatbuffers[entry.name][descendant], self._threads)
