@@ -120,7 +120,7 @@ def test_a_slowed_backend_re_plans_within_a_bounded_number_of_frames(
         assert snap.apps[0].descendant == 1
         assert snap.latency_scale["cam"] == pytest.approx(1.5, rel=0.1)
         assert snap.apps[0].latency_assumed_s == pytest.approx(0.006, rel=0.1)
-        assert ran.count(2) == MIN_FRAMES  # the old plan served until the re-plan
+        assert ran[0] == 2 and ran.count(2) <= MIN_FRAMES  # the old plan, then the re-plan
         assert set(send(runtime, app_id, 5)) == {1}
     finally:
         runtime.stop()

@@ -7,13 +7,22 @@ nothing of this one.
 
 from scheduler.daemon.backends import InferenceBackend, LoadedModel, make_backend
 from scheduler.daemon.catalogue import CatalogueEntry, ModelCatalogue, RejectedModel
-from scheduler.daemon.errors import FrameDropped, Infeasible, QueueFull, UnknownApp, UnknownModel
+from scheduler.daemon.errors import (
+    BadModelOutput,
+    FrameDropped,
+    Infeasible,
+    ModelUnavailable,
+    QueueFull,
+    UnknownApp,
+    UnknownModel,
+)
 from scheduler.daemon.executor import Prediction
 from scheduler.daemon.runtime import Runtime
 from scheduler.daemon.specs import (
     OVERFLOWS,
     AppInfo,
     AppSpec,
+    AppState,
     AppStatus,
     RuntimeSettings,
     Snapshot,
@@ -23,13 +32,16 @@ __all__ = [
     "OVERFLOWS",
     "AppInfo",
     "AppSpec",
+    "AppState",
     "AppStatus",
+    "BadModelOutput",
     "CatalogueEntry",
     "FrameDropped",
     "Infeasible",
     "InferenceBackend",
     "LoadedModel",
     "ModelCatalogue",
+    "ModelUnavailable",
     "Prediction",
     "QueueFull",
     "RejectedModel",

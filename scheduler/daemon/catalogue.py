@@ -82,6 +82,8 @@ class ModelCatalogue:
 
     entries: dict[str, CatalogueEntry] = field(default_factory=dict)
     rejected: list[RejectedModel] = field(default_factory=list)
+    directory: Path | None = None
+    """Where the models were read from (what `Runtime.reload` rescans)."""
 
     @classmethod
     def load(cls, models_dir: str | Path) -> ModelCatalogue:
@@ -89,7 +91,7 @@ class ModelCatalogue:
         models_dir = Path(models_dir)
         if not models_dir.is_dir():
             raise NestError(f"models directory {models_dir} does not exist")
-        catalogue = cls()
+        catalogue = cls(directory=models_dir)
         nests = sorted(models_dir.glob(f"*{NEST_SUFFIX}"))
         for nest_path in nests:
             name = nest_path.name.removesuffix(NEST_SUFFIX)

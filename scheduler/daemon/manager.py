@@ -42,10 +42,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nestdnn.errors import NestError
 from profiles.memory import release_freed_heap
 from scheduler.daemon.backends import InferenceBackend, LoadedModel, softmax
 from scheduler.daemon.catalogue import CatalogueEntry
-from scheduler.daemon.errors import BadModelOutput, UnknownApp
+from scheduler.daemon.errors import BadModelOutput, ModelUnavailable, UnknownApp
 from scheduler.daemon.executor import RunResult
 
 log = logging.getLogger(__name__)
@@ -406,11 +407,13 @@ class ModelManager:
         """Load a reserved resident from storage outside the lock, then publish it."""
         try:
             model = self._backend.open(resident.entry, resident.key[1])
-        except BaseException:
+        except BaseException as error:
             with self._lock:
                 self._residents.pop(resident.key, None)
                 self._unreserve(resident.bytes, f"{resident.name}: load failed")
                 self._lock.notify_all()
+            if isinstance(error, NestError) and not isinstance(error, ModelUnavailable):
+                raise ModelUnavailable(f"{resident.name} cannot be loaded: {error}") from error
             raise
         with self._lock:
             resident.model, resident.busy = model, False

@@ -8,6 +8,13 @@ applies the plan (downgrades before upgrades) before it returns; events are seri
 while frames keep flowing. The registered apps, the policy, the budget and the plan in force
 are persisted atomically after every event and restored by `start`.
 
+Nothing acknowledged is dropped: an app stays registered whatever happens to its model. It is
+*serving* while the plan in force gives it a descendant; *unavailable* while its model is
+missing from the catalogue or broken (its frames are refused with `ModelUnavailable`, which
+says why); *waiting* while the plan cannot fit it (a restart or a reload found less room than
+when it registered). Every event plans the waiting apps back in when they fit, and `reload`
+rescans the models directory, so a fixed model serves its apps again.
+
 See docs/runtime.md for the threading model and docs/formats.md for the API contract.
 """
 
@@ -30,13 +37,14 @@ from nestdnn.nestfile import as_array
 from profiles.latency import LatencySettings, measure_interleaved
 from scheduler.daemon.backends import InferenceBackend, make_backend
 from scheduler.daemon.catalogue import CatalogueEntry, ModelCatalogue
-from scheduler.daemon.errors import Infeasible, UnknownApp, UnknownModel
+from scheduler.daemon.errors import Infeasible, ModelUnavailable, UnknownApp, UnknownModel
 from scheduler.daemon.executor import Executor, JobObserver, Prediction
 from scheduler.daemon.manager import LedgerObserver, ModelManager, Target
 from scheduler.daemon.planning import PlannedApp, plan
 from scheduler.daemon.specs import (
     AppInfo,
     AppSpec,
+    AppState,
     AppStatus,
     RuntimeSettings,
     Snapshot,
@@ -161,24 +169,22 @@ class Runtime:
         with self._drift_lock:
             if self._drift_replan is not None and self._drift_replan.is_alive():
                 return
-            self._drift_replan = threading.Thread(target=self._replan, args=("speed",),
+            self._drift_replan = threading.Thread(target=self._replan_at_new_speed,
                                                   name="nestdnn-replan", daemon=True)
             self._drift_replan.start()
 
-    def _replan(self, why: str) -> None:
+    def _replan_at_new_speed(self) -> None:
         """Re-solve with the settings in force (and the latency scales now) and apply."""
         with self._events:
             if not self._running:
                 return
-            current = self._committed
             try:
-                solution = self._solve(current.apps, current)
-                self._apply(current.apps, solution, current.memory_budget_bytes)
+                self._replan(self._committed.apps, self._committed)
             except NestError as exc:
-                log.warning("re-plan (%s) failed, the plan in force stays: %s", why, exc)
+                log.warning("re-plan for the measured speed failed, the plan in force stays:"
+                            " %s", exc)
                 return
-            self._commit(replace(current, solution=solution))
-            log.info("re-planned (%s): %s", why, solution.decision)
+            log.info("re-planned for the measured speed: %s", self._committed.solution.decision)
 
     def _prepare_backend(self) -> None:
         """Make every catalogue model loadable on the backend; those that cannot are rejected."""
@@ -200,16 +206,15 @@ class Runtime:
             self._require_running()
             self._entry(spec.model)
             app = _App(uuid.uuid4().hex[:12], spec.name or spec.model, spec)
-            apps = {**self._committed.apps, app.id: app}
-            solution = self._solve(apps, self._committed)
-            self._executor.add_app(app.id, _assigned(solution, app.id).share)
+            current = self._committed
+            apps = {**current.apps, app.id: app}
+            solution = self._plan(apps, current, required=self._serving() | {app.id})
             try:
-                self._apply(apps, solution, self._committed.memory_budget_bytes)
+                self._apply(apps, solution, current.memory_budget_bytes)
             except BaseException:
-                self._executor.remove_app(app.id)
-                self._manager.forget(app.id)
+                self._apply(current.apps, current.solution, current.memory_budget_bytes)
                 raise
-            self._commit(replace(self._committed, apps=apps, solution=solution))
+            self._commit(replace(current, apps=apps, solution=solution))
             return self._info(app.id)
 
     def update(self, app_id: str, *, priority: float | None = None,
@@ -222,9 +227,7 @@ class Runtime:
                                          ("target_latency_s", target_latency_s)) if v is not None}
             updated = replace(app, spec=replace(app.spec, **changes))
             apps = {**self._committed.apps, app_id: updated}
-            solution = self._solve(apps, self._committed)
-            self._apply(apps, solution, self._committed.memory_budget_bytes)
-            self._commit(replace(self._committed, apps=apps, solution=solution))
+            self._replan(apps, self._committed)
             return self._info(app_id)
 
     def unregister(self, app_id: str) -> None:
@@ -233,11 +236,7 @@ class Runtime:
             self._require_running()
             self._app(app_id)
             apps = {a: app for a, app in self._committed.apps.items() if a != app_id}
-            solution = self._solve(apps, self._committed)
-            self._executor.remove_app(app_id)
-            self._manager.forget(app_id)
-            self._apply(apps, solution, self._committed.memory_budget_bytes)
-            self._commit(replace(self._committed, apps=apps, solution=solution))
+            self._replan(apps, self._committed)
 
     def set_policy(self, policy: Policy | None = None, alpha: float | None = None,
                    memory_budget_bytes: int | None = None,
@@ -255,20 +254,65 @@ class Runtime:
                                      else memory_budget_bytes),
             )
             check_policy(new.policy, new.method, new.alpha, new.memory_budget_bytes)
-            solution = self._solve(current.apps, new)
-            self._apply(current.apps, solution, new.memory_budget_bytes)
-            self._commit(replace(new, solution=solution))
+            self._replan(current.apps, new)
         return self.snapshot()
+
+    def reload(self) -> Snapshot:
+        """Rescan the models directory: new and fixed models become servable, changed files
+        replace the old ones (their apps reload from the new file), removed or broken ones
+        leave their apps unavailable; then re-plan. Unchanged files keep their residents."""
+        with self._events:
+            self._require_running()
+            fresh = ModelCatalogue.load(self.catalogue.directory)
+            old = self.catalogue.entries
+            changed = {name for name, entry in old.items()
+                       if name not in fresh.entries or fresh.entries[name].sha256 != entry.sha256}
+            for name, entry in fresh.entries.items():
+                if name in old and name not in changed:
+                    entry.nest.close()
+                    fresh.entries[name] = old[name]
+            for app_id, app in self._committed.apps.items():
+                if app.spec.model in changed and app_id in self._serving():
+                    self._executor.remove_app(app_id)
+                    self._manager.forget(app_id)
+            self._backend.forget([n for n in changed])
+            self.catalogue = fresh
+            self._prepare_backend()
+            self._speed.start_scales(self._reference_scales())
+            for name in changed:
+                if name in old:
+                    old[name].nest.close()
+            current = self._committed
+            self._replan(current.apps, replace(current, solution=_without(current.solution,
+                                                                          changed)),
+                         required=set())
+            log.info("models reloaded: %d served (%s changed), %d rejected",
+                     len(fresh.entries), ", ".join(sorted(changed)) or "none",
+                     len(fresh.rejected))
+        return self.snapshot()
+
+    def _replan(self, apps: Mapping[str, _App], settings: _Committed,
+                required: set[str] | None = None) -> None:
+        """Plan ``apps`` under ``settings`` and apply it; the apps serving now (or
+        ``required``) must stay in the plan, waiting apps join where they fit."""
+        keep = self._serving() if required is None else required
+        solution = self._plan(apps, settings, required=keep & set(apps))
+        self._apply(apps, solution, settings.memory_budget_bytes)
+        self._commit(replace(settings, apps=dict(apps), solution=solution))
 
     # ------------------------------------------------------------------ frames
 
     def submit(self, app_id: str, frame: Any) -> Future[Prediction]:
         """Queue one normalised (C, H, W) float32 frame (a numpy array, or a CPU torch
         tensor); the future gives its `Prediction`."""
-        app = self._committed.apps.get(app_id)
+        committed = self._committed
+        app = committed.apps.get(app_id)
         if app is None or not self._running:
             raise UnknownApp(f"no app with id '{app_id}'"
                              + ("" if self._running else " (the runtime is not running)"))
+        state, problem = self._state(committed, app)
+        if state != "serving":
+            raise ModelUnavailable(f"app '{app_id}' is {state}: {problem}")
         return self._executor.submit(app_id, _checked_frame(frame, self._entry(app.spec.model)))
 
     def info(self, app_id: str) -> AppInfo:
@@ -277,8 +321,12 @@ class Runtime:
         return self._info(app_id)
 
     def entry(self, app_id: str) -> CatalogueEntry:
-        """The catalogue entry of an app's model."""
-        return self._entry(self._app(app_id).spec.model)
+        """The catalogue entry of an app's model (`ModelUnavailable` if it has none now)."""
+        app = self._app(app_id)
+        entry = self.catalogue.entries.get(app.spec.model)
+        if entry is None:
+            raise ModelUnavailable(f"app '{app_id}' is unavailable: {self._problem(app)}")
+        return entry
 
     # ------------------------------------------------------------------ views
 
@@ -303,50 +351,109 @@ class Runtime:
         )
 
     def _status(self, committed: _Committed, app: _App) -> AppStatus:
+        state, problem = self._state(committed, app)
         part = _assigned(committed.solution, app.id)
-        resident = self._manager.info(app.id)
-        counters = self._executor.counters(app.id)
+        resident = self._manager.info(app.id) if state == "serving" else None
+        counters = self._executor.counters(app.id) if state == "serving" else None
         return AppStatus(
-            id=app.id, name=app.name, model=app.spec.model, descendant=part.descendant,
-            share=part.share, accuracy=part.accuracy, resident_bytes=resident.resident_bytes,
-            fps_measured=counters.fps_measured, latency_p50_s=counters.latency_p50_s,
-            latency_p99_s=counters.latency_p99_s, frames=counters.frames, drops=counters.drops,
-            switches=resident.switches, priority=app.spec.priority,
-            target_latency_s=app.spec.target_latency_s, fps=app.spec.fps, loads=resident.loads,
-            busy_s=counters.busy_s,
-            latency_assumed_s=self._speed.assumed((app.spec.model, part.descendant)),
-            latency_measured_s=(None if resident.descendant is None else
+            id=app.id, name=app.name, model=app.spec.model,
+            descendant=None if part is None else part.descendant,
+            share=0.0 if part is None else part.share,
+            accuracy=None if part is None else part.accuracy,
+            resident_bytes=0 if resident is None else resident.resident_bytes,
+            fps_measured=0.0 if counters is None else counters.fps_measured,
+            latency_p50_s=None if counters is None else counters.latency_p50_s,
+            latency_p99_s=None if counters is None else counters.latency_p99_s,
+            frames=0 if counters is None else counters.frames,
+            drops=0 if counters is None else counters.drops,
+            switches=0 if resident is None else resident.switches, priority=app.spec.priority,
+            target_latency_s=app.spec.target_latency_s, fps=app.spec.fps,
+            loads=0 if resident is None else resident.loads,
+            busy_s=0.0 if counters is None else counters.busy_s,
+            latency_assumed_s=(None if part is None else
+                               self._speed.assumed((app.spec.model, part.descendant))),
+            latency_measured_s=(None if resident is None or resident.descendant is None else
                                 self._speed.measured((app.spec.model, resident.descendant))),
+            state=state, problem=problem,
+            failures=0 if counters is None else counters.failures,
         )
 
     def _info(self, app_id: str) -> AppInfo:
-        app = self._committed.apps[app_id]
-        part = _assigned(self._committed.solution, app_id)
+        committed = self._committed
+        app = committed.apps[app_id]
+        state, problem = self._state(committed, app)
+        part = _assigned(committed.solution, app_id)
         return AppInfo(id=app.id, name=app.name, model=app.spec.model,
-                       descendant=part.descendant, share=part.share, accuracy=part.accuracy,
+                       descendant=None if part is None else part.descendant,
+                       share=0.0 if part is None else part.share,
+                       accuracy=None if part is None else part.accuracy,
                        target_latency_s=app.spec.target_latency_s, fps=app.spec.fps,
-                       priority=app.spec.priority)
+                       priority=app.spec.priority, state=state, problem=problem)
+
+    def _state(self, committed: _Committed, app: _App) -> tuple[AppState, str | None]:
+        """Serving (in the plan), unavailable (no servable model) or waiting (no room)."""
+        if app.spec.model not in self.catalogue.entries:
+            return "unavailable", self._problem(app)
+        if _assigned(committed.solution, app.id) is None:
+            return "waiting", ("the plan in force has no room for it (memory budget); it is"
+                               " planned in again when it fits")
+        return "serving", None
+
+    def _problem(self, app: _App) -> str:
+        """Why an app's model is not servable now."""
+        reason = next((r.reason for r in self.catalogue.rejected if r.name == app.spec.model),
+                      None)
+        if reason is None:
+            return f"model '{app.spec.model}' is not in the models directory"
+        return f"model '{app.spec.model}' cannot be served: {reason}"
+
+    def _serving(self) -> set[str]:
+        solution = self._committed.solution
+        return set() if solution is None else {a.name for a in solution.apps}
 
     # ------------------------------------------------------------------ planning
 
-    def _solve(self, apps: Mapping[str, _App], settings: _Committed) -> Solution:
+    def _plan(self, apps: Mapping[str, _App], settings: _Committed,
+              required: set[str]) -> Solution:
+        """The switch-aware plan of the servable apps; while it does not fit, the newest apps
+        not ``required`` wait outside it. `Infeasible` if the required ones do not fit."""
+        candidates = [app for app in apps.values() if app.spec.model in self.catalogue.entries]
+        while True:
+            try:
+                return self._solve(candidates, settings)
+            except Infeasible:
+                optional = [app for app in candidates if app.id not in required]
+                if not optional:
+                    raise
+                log.warning("app %s waits: no room for it in the plan", optional[-1].id)
+                candidates.remove(optional[-1])
+
+    def _solve(self, apps: list[_App], settings: _Committed) -> Solution:
         """The switch-aware plan for ``apps`` given the plan in force (``settings.solution``);
         `Infeasible` if no plan fits the budget."""
-        planned = [PlannedApp(app.id, self._entry(app.spec.model), app.spec) for app in
-                   apps.values()]
+        planned = [PlannedApp(app.id, self._entry(app.spec.model), app.spec) for app in apps]
         return plan(planned, self._backend, policy=settings.policy, method=settings.method,
                     alpha=settings.alpha, memory_budget_bytes=settings.memory_budget_bytes,
                     share_step=self.settings.share_step,
                     switch_tolerance=self.settings.switch_tolerance, current=settings.solution,
                     latency_scale=self._speed.scales())
 
-    def _apply(self, apps: Mapping[str, _App], solution: Solution, budget: int) -> None:
-        """Switch descendants (downgrades first) and hand the shares to the executor."""
+    def _apply(self, apps: Mapping[str, _App], solution: Solution | None, budget: int) -> None:
+        """Serve exactly the plan's apps: apps leaving it lose their queue, apps joining it
+        get one; switch descendants; hand the shares to the executor."""
+        parts = [] if solution is None else solution.apps
+        planned = {a.name for a in parts}
+        for app_id in set(self._executor.shares()) - planned:
+            self._executor.remove_app(app_id)
+            self._manager.forget(app_id)
+        for part in parts:
+            if part.name not in self._executor.shares():
+                self._executor.add_app(part.name, part.share)
         targets = {a.name: Target(self._entry(apps[a.name].spec.model), a.descendant)
-                   for a in solution.apps}
-        self._manager.apply(targets, budget, swapping=not solution.fits_memory,
-                            hold=self._executor.hold)
-        self._executor.set_shares({a.name: a.share for a in solution.apps})
+                   for a in parts}
+        self._manager.apply(targets, budget, swapping=solution is not None
+                            and not solution.fits_memory, hold=self._executor.hold)
+        self._executor.set_shares({a.name: a.share for a in parts})
 
     def _commit(self, committed: _Committed) -> None:
         self._committed = committed
@@ -366,40 +473,28 @@ class Runtime:
             memory_budget_bytes=c.memory_budget_bytes, apps=apps, plan=c.solution))
 
     def _restore(self) -> None:
-        """Re-register the persisted apps with the persisted plan as the incumbent."""
+        """Re-register every persisted app (also those whose model is not servable now) with
+        the persisted plan as the incumbent, reconciled with the models as they are now."""
         if self.settings.state_dir is None:
             return
         state = load_state(self.settings.state_dir)
         if state is None:
             return
-        apps = {}
-        for saved in state.apps:
-            if saved.model not in self.catalogue.entries:
-                log.warning("app %s (%s) not restored: model %s is no longer served",
-                            saved.id, saved.name, saved.model)
-                continue
-            fields = saved.model_dump(exclude={"id", "name"})
-            apps[saved.id] = _App(saved.id, saved.name, AppSpec(**fields))
+        apps = {saved.id: _App(saved.id, saved.name,
+                               AppSpec(**saved.model_dump(exclude={"id", "name"})))
+                for saved in state.apps}
+        incumbent = _reconciled(state.plan, apps, self.catalogue)
         restored = _Committed(state.policy, state.method, state.alpha,
-                              state.memory_budget_bytes, apps, state.plan)
-        solution = self._solve_dropping_newest(restored)
-        for app_id in restored.apps:
-            self._executor.add_app(app_id, _assigned(solution, app_id).share)
-        self._apply(restored.apps, solution, restored.memory_budget_bytes)
+                              state.memory_budget_bytes, apps, incumbent)
+        solution = self._plan(apps, restored, required=set())
+        self._apply(apps, solution, restored.memory_budget_bytes)
         self._commit(replace(restored, solution=solution))
-        log.info("restored %d apps (policy %s, budget %d bytes, plan %s)", len(restored.apps),
+        for app in apps.values():
+            app_state, problem = self._state(self._committed, app)
+            if app_state != "serving":
+                log.warning("app %s (%s) restored %s: %s", app.id, app.name, app_state, problem)
+        log.info("restored %d apps (policy %s, budget %d bytes, plan %s)", len(apps),
                  restored.policy, restored.memory_budget_bytes, solution.decision)
-
-    def _solve_dropping_newest(self, restored: _Committed) -> Solution:
-        """Solve for the restored apps (the persisted plan in force), dropping the newest
-        apps while no plan fits (possible only if the models changed since)."""
-        while True:
-            try:
-                return self._solve(restored.apps, restored)
-            except Infeasible as exc:
-                newest = list(restored.apps)[-1]
-                log.warning("app %s not restored: %s", newest, exc)
-                restored.apps.pop(newest)
 
     # ------------------------------------------------------------------ lookups
 
@@ -421,12 +516,36 @@ class Runtime:
             raise NestError("the runtime is not running: call start() first")
 
 
-def _assigned(solution: Solution | None, app_id: str) -> Assignment:
+def _assigned(solution: Solution | None, app_id: str) -> Assignment | None:
     """An app's part of a plan (apps are named by their ids in the scheduler's problem)."""
     for part in [] if solution is None else solution.apps:
         if part.name == app_id:
             return part
-    raise UnknownApp(f"no app with id '{app_id}'")
+    return None
+
+
+def _reconciled(plan: Solution | None, apps: Mapping[str, _App],
+                catalogue: ModelCatalogue) -> Solution | None:
+    """A persisted plan without the parts the models no longer support (an app whose model
+    is gone, or whose descendant no longer exists in a rebuilt file): those apps are planned
+    afresh instead of failing the restart."""
+    if plan is None:
+        return None
+    valid = [part for part in plan.apps if part.name in apps
+             and (entry := catalogue.entries.get(apps[part.name].spec.model)) is not None
+             and part.descendant < entry.num_descendants]
+    if len(valid) < len(plan.apps):
+        log.warning("the persisted plan names %d descendants the models no longer have; those"
+                    " apps are planned afresh", len(plan.apps) - len(valid))
+    return plan.model_copy(update={"apps": valid})
+
+
+def _without(plan: Solution | None, models: set[str]) -> Solution | None:
+    """A plan without the parts of apps on ``models`` (their files changed: plan afresh)."""
+    if plan is None or not models:
+        return plan
+    return plan.model_copy(update={"apps": [p for p in plan.apps
+                                            if not p.id or p.id.rsplit("#", 1)[0] not in models]})
 
 
 def _checked_frame(frame: Any, entry: CatalogueEntry) -> np.ndarray:

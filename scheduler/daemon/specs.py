@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from nestdnn.errors import NestError
 from profiles.schema import BACKENDS, DEFAULT_BACKEND, Backend
@@ -57,6 +58,12 @@ class AppSpec:
         return 1.0 / self.fps
 
 
+AppState = Literal["serving", "waiting", "unavailable"]
+"""Serving: the plan in force gives the app a descendant. Waiting: the plan has no room for
+it. Unavailable: its model is missing or broken. Waiting and unavailable apps stay
+registered (their tokens work) and are planned in again when they can be."""
+
+
 @dataclass(frozen=True)
 class AppInfo:
     """An app as registered or updated, with its part of the applied plan."""
@@ -64,12 +71,14 @@ class AppInfo:
     id: str
     name: str
     model: str
-    descendant: int
+    descendant: int | None
     share: float
-    accuracy: float
+    accuracy: float | None
     target_latency_s: float | None
     fps: float | None
     priority: float
+    state: AppState = "serving"
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,9 +88,9 @@ class AppStatus:
     id: str
     name: str
     model: str
-    descendant: int
+    descendant: int | None
     share: float
-    accuracy: float
+    accuracy: float | None
     resident_bytes: int
     fps_measured: float
     latency_p50_s: float | None
@@ -98,6 +107,11 @@ class AppStatus:
     """The latency of its descendant the plan assumed (profile x the machine's speed now)."""
     latency_measured_s: float | None = None
     """Its resident's measured compute time of one frame (median of the last ones), if any."""
+    state: AppState = "serving"
+    problem: str | None = None
+    """Why the app is waiting or unavailable."""
+    failures: int = 0
+    """Frames that failed (e.g. the model computed NaN or infinity): never served."""
 
 
 @dataclass(frozen=True)

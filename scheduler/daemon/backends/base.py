@@ -57,6 +57,12 @@ class InferenceBackend(ABC):
                 table = self._tables[entry.name] = self.describe(entry)
             return table
 
+    def forget(self, names: list[str]) -> None:
+        """Drop what was derived for these models (their files changed or went away)."""
+        with self._tables_lock:
+            for name in names:
+                self._tables.pop(name, None)
+
     def describe(self, entry: CatalogueEntry) -> list[Descendant]:
         """A(d), M(d), L(d) per descendant: by default the profile's figures for this backend."""
         return entry.profiled(self.name)

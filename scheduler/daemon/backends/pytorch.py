@@ -61,6 +61,12 @@ class TorchBackend(InferenceBackend):
     def open(self, entry: CatalogueEntry, descendant: int) -> LoadedModel:
         return TorchModel(NestedModel(entry.nest, descendant, self._templates_of(entry)))
 
+    def forget(self, names: list[str]) -> None:
+        super().forget(names)
+        with self._lock:
+            for name in names:
+                self._templates.pop(name, None)
+
     def on_worker_start(self) -> None:
         torch.set_num_threads(self._threads)
 
