@@ -5,19 +5,28 @@ renamed over the target, and then the directory itself is fsync'ed, so that afte
 the path holds either the complete old file or the complete new one, and the rename is on
 disk once the call returns. A failed write leaves the old file untouched and no temporary
 file behind. Imports nothing heavy: the daemon writes its state and tokens with it too.
+
+What must survive a damaged file (the daemon's registered apps and token hashes) is written
+twice, each copy atomically (`write_with_backup`), and read back from whichever copy parses
+(`read_with_backup`), which also repairs the other.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from nestdnn.errors import NestError
 
+log = logging.getLogger(__name__)
+
 Writer = Callable[[BinaryIO], object]
+T = TypeVar("T")
 
 
 def atomic_write(path: str | Path, data: bytes | str | Writer, *, mode: int = 0o644) -> Path:
@@ -66,3 +75,56 @@ def file_sha256(path: Path) -> str:
     except OSError as e:
         raise NestError(f"cannot read {path}: {e}") from e
     return digest.hexdigest()
+
+
+def backup_of(path: Path) -> Path:
+    """The second copy `write_with_backup` keeps of ``path``."""
+    return path.with_name(f"{path.name}.backup")
+
+
+def write_with_backup(path: Path, data: bytes | str, *, mode: int = 0o644) -> Path:
+    """Write ``path`` and then its backup copy, each atomically: at every moment, and after a
+    crash at any point, at least one of the two holds a complete version (the newest, or the
+    one before), so one damaged copy loses nothing."""
+    atomic_write(path, data, mode=mode)
+    atomic_write(backup_of(path), data, mode=mode)
+    return path
+
+
+def read_with_backup(path: Path, parse: Callable[[bytes], T], what: str) -> T | None:
+    """The parsed content of ``path``, or of its backup when ``path`` is unreadable or does
+    not parse (a damaged file is moved aside, the good copy restored in its place, and a
+    warning logged). None when neither exists; a NestError when both are damaged."""
+    problems = []
+    for candidate in (path, backup_of(path)):
+        try:
+            value = parse(candidate.read_bytes())
+        except FileNotFoundError:
+            continue
+        except Exception as e:  # a parser's own error types: the file is damaged
+            problems.append(f"{candidate.name}: {e}")
+            move_aside(candidate)
+            continue
+        if candidate != path:
+            log.warning("%s %s was damaged or missing (%s); restored it from %s", what, path,
+                        "; ".join(problems) or "missing", candidate.name)
+            write_with_backup(path, candidate.read_bytes() if candidate.exists() else b"")
+        return value
+    if problems:
+        copies = "its only copy is" if len(problems) == 1 else "both copies are"
+        raise NestError(f"{what} {path}: {copies} damaged ({'; '.join(problems)}); kept as"
+                        " *.corrupt-*")
+    return None
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a damaged file to ``NAME.corrupt-<time>`` (never overwriting an earlier one)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    copy = 1
+    while aside.exists():
+        copy += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{copy}")
+    os.replace(path, aside)
+    log.warning("moved the damaged %s to %s", path, aside.name)
+    return aside

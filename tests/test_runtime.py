@@ -601,15 +601,29 @@ def test_a_corrupt_state_file_is_moved_aside_and_the_runtime_starts_empty(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     (tmp_path / "state.json").write_text('{"format": "nestdnn-runtime-state", "apps": [')
-    with caplog.at_level(logging.WARNING, logger="scheduler.daemon.state"):
+    with caplog.at_level(logging.WARNING):
         rt = make_runtime(sum(sizes(catalogue, "cam")), state_dir=tmp_path)
     assert rt.snapshot().apps == []
     aside = list(tmp_path.glob("state.json.corrupt-*"))
     assert len(aside) == 1
     assert aside[0].read_text().startswith('{"format"')
-    assert "moved it to" in caplog.text
+    assert "only copy is damaged" in caplog.text and "starting with no apps" in caplog.text
     rt.register(AppSpec(model="cam", fps=30.0))
     assert json.loads((tmp_path / "state.json").read_text())["apps"][0]["model"] == "cam"
+
+
+def test_a_damaged_state_file_is_restored_from_its_backup(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime], tmp_path: Path
+) -> None:
+    rt = make_runtime(sum(sizes(catalogue, "cam")), state_dir=tmp_path)
+    app = rt.register(AppSpec(model="cam", fps=30.0))
+    rt.stop()
+    (tmp_path / "state.json").write_text('{"format": "nestdnn-runtime-state", "apps": [')
+    again = make_runtime(sum(sizes(catalogue, "cam")), state_dir=tmp_path)
+    assert [a.id for a in again.snapshot().apps] == [app.id]
+    assert len(list(tmp_path.glob("state.json.corrupt-*"))) == 1
+    restored = RuntimeState.model_validate_json((tmp_path / "state.json").read_text())
+    assert [a.id for a in restored.apps] == [app.id]
 
 
 def test_state_is_written_atomically(
@@ -617,7 +631,8 @@ def test_state_is_written_atomically(
 ) -> None:
     rt = make_runtime(sum(sizes(catalogue, "cam")), state_dir=tmp_path)
     rt.register(AppSpec(model="cam", fps=30.0))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # no temp file left
+        "state.json", "state.json.backup"]
     state = RuntimeState.model_validate_json((tmp_path / "state.json").read_text())
     assert len(state.apps) == 1
     assert state.plan is not None and [a.name for a in state.plan.apps] == [state.apps[0].id]

@@ -1,23 +1,22 @@
 """The runtime's persisted state: registered apps, policy, budget and the plan in force.
 
-Written atomically (temporary file in the same directory, fsync, rename, fsync of the
-directory), so a crash leaves either the old or the new file. A file that cannot be read as
-this schema is moved aside (``state.json.corrupt-<time>``) with a warning and the runtime
-starts empty: a bad state file never keeps the daemon from starting.
+Written twice, each copy atomically (temporary file in the same directory, fsync, rename, fsync
+of the directory): a crash leaves a complete copy, and a damaged file is replaced by its
+backup (the damaged one kept as ``state.json.corrupt-<time>``), so no registered app is lost
+to one bad file. Only if both copies are damaged does the runtime start with no apps (an
+error in the log): a bad state file never keeps the daemon from starting.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from nestdnn.errors import validation_message
-from nestdnn.files import atomic_write
+from nestdnn.errors import NestError
+from nestdnn.files import read_with_backup, write_with_backup
 from scheduler.problem import Method, Policy, Solution
 
 log = logging.getLogger(__name__)
@@ -56,32 +55,17 @@ class RuntimeState(BaseModel):
 
 
 def save_state(state_dir: Path, state: RuntimeState) -> Path:
-    """Write the state file atomically: temp file, fsync, rename, fsync the directory."""
-    return atomic_write(state_dir / STATE_FILE, state.model_dump_json(indent=2))
+    """Write the state file and its backup copy, each atomically (`write_with_backup`)."""
+    return write_with_backup(state_dir / STATE_FILE, state.model_dump_json(indent=2))
 
 
 def load_state(state_dir: Path) -> RuntimeState | None:
-    """The persisted state, or None when there is none or it was corrupt (then moved aside)."""
-    path = state_dir / STATE_FILE
+    """The persisted state (from the backup copy if the file is damaged or missing), or None
+    when there is none; if both copies are damaged they are kept aside and the runtime starts
+    with no apps, with an error in the log."""
     try:
-        text = path.read_text()
-    except FileNotFoundError:
+        return read_with_backup(state_dir / STATE_FILE, RuntimeState.model_validate_json,
+                                "runtime state")
+    except NestError as exc:
+        log.error("%s; starting with no apps", exc)
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        return _move_aside(path, f"cannot be read ({exc})")
-    try:
-        return RuntimeState.model_validate_json(text)
-    except ValidationError as exc:
-        return _move_aside(path, f"is not a valid runtime state ({validation_message(exc)})")
-
-
-def _move_aside(path: Path, problem: str) -> None:
-    """Rename a bad state file out of the way and warn; the runtime starts empty."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    copy = 1
-    while aside.exists():
-        copy += 1
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{copy}")
-    os.replace(path, aside)
-    log.warning("state file %s %s; moved it to %s and starting with no apps", path, problem, aside)
