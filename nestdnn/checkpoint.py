@@ -31,8 +31,11 @@ def save_checkpoint(path: str | Path, model: NestNet, **meta: Any) -> Path:
     return atomic_torch_save(payload, path)
 
 
-def load_checkpoint(path: str | Path) -> tuple[NestNet, dict[str, Any]]:
-    """Rebuild the model stored in a checkpoint and return it (eval mode) with its metadata."""
+def load_checkpoint(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[NestNet, dict[str, Any]]:
+    """Rebuild the model stored in a checkpoint and return it (eval mode, on ``device``) with
+    its metadata. A checkpoint loads on any device, wherever it was written."""
     path = Path(path)
     payload = load_torch_file(path, "checkpoint")
     if not isinstance(payload, dict) or any(key not in payload for key in CHECKPOINT_KEYS):
@@ -48,7 +51,7 @@ def load_checkpoint(path: str | Path) -> tuple[NestNet, dict[str, Any]]:
     except NestError as e:
         raise NestError(f"{path} has an invalid model config: {e}") from e
     load_state_dict_checked(model, payload["state_dict"], path)
-    return model.eval(), payload["meta"]
+    return model.to(device).eval(), payload["meta"]
 
 
 def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, path: Path) -> None:
@@ -78,7 +81,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 
 
 def load_torch_file(path: Path, what: str) -> Any:
-    """torch.load with weights_only=True; a missing or unreadable file raises NestError."""
+    """torch.load onto the CPU (``map_location``: whichever device wrote it) with
+    weights_only=True; a missing or unreadable file raises NestError."""
     if not path.is_file():
         raise NestError(f"{what} not found: {path}")
     try:

@@ -1,9 +1,16 @@
-"""Data sets as in-memory tensors: Fashion-MNIST, CIFAR-10 (binary), ImageFolder and synthetic.
+"""Data sets: Fashion-MNIST, CIFAR-10 (binary), ImageFolder and synthetic.
 
-Nothing is ever downloaded. Every loader produces raw train/test images as float tensors in
-[0, 1] (N, C, H, W) with int64 labels; `load_dataset` then optionally keeps a subset of classes
-(relabelled 0..k-1), resizes, carves a stratified validation split out of train with a fixed
-seed, and normalises all splits with the per-channel mean/std of the remaining train split.
+Nothing is ever downloaded. The in-memory loaders produce raw train/test images as float
+tensors in [0, 1] (N, C, H, W) with int64 labels; `load_dataset` then optionally keeps a
+subset of classes (relabelled 0..k-1), resizes, carves a stratified validation split out of
+train with a fixed seed, and normalises all splits with the per-channel mean/std of the
+remaining train split.
+
+An image folder too large for memory is streamed instead (`DataSpec.streaming`): its splits
+are `StreamingImages`, lists of files decoded per sample by DataLoader workers, with the
+same class order, train/val/test split and resizing as the in-memory loader; its mean/std
+come from a fixed-seed sample of the train split (`STATS_SAMPLE` images). `ImageData` is
+either kind; `labels_of`, `images_at` and `batches_of` read both.
 
 A `DataSpec` names all of `load_dataset`'s arguments, so that a data set and its exact split
 can be recorded (`nestdnn train` in its checkpoint's metadata, `nestdnn prune` in the roadmap)
@@ -15,8 +22,9 @@ from __future__ import annotations
 import gzip
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from nestdnn.errors import NestError
 
@@ -68,6 +76,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".
 IDX_UBYTE = 0x08
 DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_SYNTHETIC_SAMPLES = 5000
+STATS_SAMPLE = 2048  # streamed train images whose pixels give the mean/std (fixed seed)
+MEMORY_LIMIT_BYTES = 2 << 30  # an image folder larger than this as float32 tensors streams
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)  # DataLoader processes decoding streamed images
+LOADERS = ("auto", "memory", "stream")
 # Checkpoint metadata (written by `nestdnn train`, see `data_meta`) that describes the model's
 # data and its split, and so stays true for every model derived from it.
 DATA_META_KEYS = (
@@ -79,6 +91,7 @@ DATA_META_KEYS = (
     "val_fraction",
     "seed",
     "synthetic_samples",
+    "streaming",
 )
 
 
@@ -125,14 +138,80 @@ class RawData:
     class_names: tuple[str, ...]
 
 
+@dataclass(frozen=True, eq=False)
+class StreamingImages(Dataset):
+    """One split of an image folder, decoded per sample when read.
+
+    A sample is decoded as the in-memory loader decodes it (PIL, converted to ``mode``,
+    bilinear resize to a ``side`` x ``side`` square), passed through ``augment`` if set (a
+    picklable transform of the (C, H, W) uint8 tensor, e.g. torchvision's random crop), scaled
+    to [0, 1] and normalised with ``mean``/``std``. ``workers`` DataLoader processes decode
+    the batches of `loader`.
+    """
+
+    files: tuple[Path, ...]
+    labels: Tensor  # int64, one per file
+    mode: str  # "L" or "RGB"
+    side: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    workers: int = 0
+    augment: Callable[[Tensor], Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        pixels = self.pixels(index)
+        if self.augment is not None:
+            pixels = self.augment(pixels)
+        image = pixels.float().div_(255.0)
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
+        return image.sub_(mean).div_(std), int(self.labels[index])
+
+    def pixels(self, index: int) -> Tensor:
+        """Sample ``index`` decoded and resized, as a (C, side, side) uint8 tensor."""
+        image = _open_image(self.files[index]).convert(self.mode)
+        array = np.asarray(image.resize((self.side, self.side), Image.BILINEAR), dtype=np.uint8)
+        tensor = torch.from_numpy(array.copy())
+        return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+
+    def with_augment(self, augment: Callable[[Tensor], Tensor] | None) -> StreamingImages:
+        return replace(self, augment=augment)
+
+    def with_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> StreamingImages:
+        return replace(self, mean=tuple(mean), std=tuple(std))
+
+    def loader(
+        self,
+        batches: Sequence[Sequence[int]],
+        *,
+        generator: torch.Generator | None = None,
+        pin_memory: bool = False,
+    ) -> DataLoader:
+        """The given batches (lists of sample indices), decoded by ``workers`` processes."""
+        return DataLoader(
+            self,
+            batch_sampler=batches,
+            num_workers=self.workers,
+            generator=generator,
+            pin_memory=pin_memory,
+        )
+
+
+ImageData = TensorDataset | StreamingImages
+"""A split held in memory (images, labels) or streamed from files."""
+
+
 @dataclass
 class DatasetSplits:
-    """Normalised train/val/test tensor data sets and what a model needs to know about them."""
+    """Normalised train/val/test data sets and what a model needs to know about them."""
 
     name: str
-    train: TensorDataset
-    val: TensorDataset
-    test: TensorDataset
+    train: ImageData
+    val: ImageData
+    test: ImageData
     in_channels: int
     input_size: int
     num_classes: int
@@ -162,9 +241,10 @@ class DataSpec:
     val_fraction: float = DEFAULT_VAL_FRACTION
     seed: int = 0  # of the split (and of the synthetic images)
     synthetic: SyntheticConfig | None = None  # the synthetic set's shape
+    streaming: bool = False  # an image folder decoded per batch instead of held in memory
 
-    def load(self) -> DatasetSplits:
-        """The normalised train/val/test splits."""
+    def load(self, workers: int = DEFAULT_WORKERS) -> DatasetSplits:
+        """The normalised train/val/test splits (``workers`` decode a streamed folder)."""
         return load_dataset(
             self.name,
             self.data_dir,
@@ -173,6 +253,8 @@ class DataSpec:
             classes=self.classes,
             input_size=self.input_size,
             synthetic=self.synthetic,
+            streaming=self.streaming,
+            workers=workers,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,6 +267,7 @@ class DataSpec:
             "val_fraction": self.val_fraction,
             "seed": self.seed,
             "synthetic": None if self.synthetic is None else self.synthetic.to_dict(),
+            "streaming": self.streaming,
         }
 
     @classmethod
@@ -211,6 +294,7 @@ class DataSpec:
                 val_fraction=data.get("val_fraction", DEFAULT_VAL_FRACTION),
                 seed=data.get("seed", 0),
                 synthetic=None if synthetic is None else SyntheticConfig(**synthetic),
+                streaming=bool(data.get("streaming", False)),
             )
         except TypeError as e:  # unknown synthetic keys
             raise NestError(f"{source}: 'synthetic': {e}") from e
@@ -230,6 +314,8 @@ def data_meta(spec: DataSpec, splits: DatasetSplits) -> dict[str, Any]:
     }
     if spec.synthetic is not None:
         meta["synthetic_samples"] = spec.synthetic.train_size
+    if spec.streaming:
+        meta["streaming"] = True
     return meta
 
 
@@ -263,6 +349,7 @@ def recorded_data_spec(
         val_fraction=_first(val_fraction, meta.get("val_fraction"), DEFAULT_VAL_FRACTION),
         seed=_first(seed, meta.get("seed"), 0),
         synthetic=synthetic,
+        streaming=bool(meta.get("streaming", False)),
     )
 
 
@@ -280,17 +367,35 @@ def load_dataset(
     input_size: int | None = None,
     synthetic: SyntheticConfig | None = None,
     test_fraction: float = 0.2,
+    streaming: bool = False,
+    workers: int = DEFAULT_WORKERS,
 ) -> DatasetSplits:
-    """Load a data set by name into normalised in-memory splits.
+    """Load a data set by name into normalised splits, in memory unless `streaming`.
 
     `classes` keeps only those classes (names or indices) and relabels them in the given order;
     `input_size` resizes images to that square size; `synthetic` shapes the synthetic set;
-    `test_fraction` is used only for an ImageFolder tree without its own test directory.
+    `test_fraction` is used only for an ImageFolder tree without its own test directory;
+    `streaming` (image folders only) decodes images per batch in `workers` processes.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise NestError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if input_size is not None and input_size < 1:
         raise NestError(f"input size must be positive, got {input_size}")
+    if workers < 0:
+        raise NestError(f"the number of data workers must be >= 0, got {workers}")
+    if streaming:
+        if name != "imagefolder":
+            raise NestError(f"only an imagefolder data set can be streamed, not {name}")
+        listing = list_imagefolder(
+            _data_directory(name, data_dir), test_fraction=test_fraction, seed=seed
+        )
+        if classes is not None:
+            listing = listing.select(classes)
+        splits = stream_imagefolder(
+            listing, val_fraction=val_fraction, seed=seed, input_size=input_size, workers=workers
+        )
+        log.info("streaming %s", splits.describe())
+        return splits
     raw = _load_raw(
         name,
         data_dir,
@@ -322,6 +427,26 @@ def load_dataset(
     )
     log.info("loaded %s", splits.describe())
     return splits
+
+
+def wants_streaming(name: str, data_dir: str | Path | None, input_size: int | None) -> bool:
+    """`--loader auto`: stream an image folder whose images, as float32 tensors, would take
+    more than `MEMORY_LIMIT_BYTES` (counting three channels); hold everything else in memory."""
+    if name != "imagefolder" or data_dir is None:
+        return False
+    listing = list_imagefolder(_data_directory(name, data_dir), test_fraction=0.2, seed=0)
+    count = len(listing.train) + len(listing.test)
+    side = input_size or _image_side(listing.train[0][0])
+    return count * 3 * side * side * 4 > MEMORY_LIMIT_BYTES
+
+
+def _data_directory(name: str, data_dir: str | Path | None) -> Path:
+    if data_dir is None:
+        raise NestError(f"{name} needs --data-dir: a directory of class subdirectories")
+    directory = Path(data_dir).expanduser()
+    if not directory.is_dir():
+        raise NestError(f"data directory does not exist: {directory}")
+    return directory
 
 
 def _load_raw(
@@ -498,15 +623,33 @@ def _cifar_class_names(batches: Path) -> tuple[str, ...]:
 # --- ImageFolder -----------------------------------------------------------------------------
 
 
-def load_imagefolder(
-    directory: Path, *, input_size: int | None, test_fraction: float, seed: int
-) -> RawData:
-    """Read `root/<class>/<image>` (or `root/train/...` + `root/test/...`) with PIL.
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+LabelledFiles = list[tuple[Path, int]]
 
-    Images become grey if every image is grey, else RGB, and are resized to a square of side
-    `input_size` (default: the first image's shorter side). Without a test directory, a
-    stratified `test_fraction` of the images becomes the test split (fixed seed).
-    """
+
+@dataclass(frozen=True)
+class FolderListing:
+    """An image folder's files and labels, split into train and test, and its class names."""
+
+    train: LabelledFiles
+    test: LabelledFiles
+    class_names: tuple[str, ...]
+
+    def select(self, classes: Sequence[str | int]) -> FolderListing:
+        """Keep only `classes` (names or indices) and relabel them 0..k-1 in that order."""
+        indices = resolve_classes(self.class_names, classes)
+        relabel = {old: new for new, old in enumerate(indices)}
+        return FolderListing(
+            train=[(path, relabel[label]) for path, label in self.train if label in relabel],
+            test=[(path, relabel[label]) for path, label in self.test if label in relabel],
+            class_names=tuple(self.class_names[i] for i in indices),
+        )
+
+
+def list_imagefolder(directory: Path, *, test_fraction: float, seed: int) -> FolderListing:
+    """List `root/<class>/<image>` (or `root/train/...` + `root/test/...`), classes sorted by
+    name. Without a test directory, a stratified `test_fraction` of the images becomes the
+    test split (fixed seed)."""
     train_root, test_root = directory / "train", directory / "test"
     if train_root.is_dir() and test_root.is_dir():
         class_names = _class_dirs(train_root)
@@ -524,18 +667,117 @@ def load_imagefolder(
         train_idx, test_idx = stratified_split(labels, test_fraction, seed)
         train_files = [files[i] for i in train_idx.tolist()]
         test_files = [files[i] for i in test_idx.tolist()]
-    train_images = [_open_image(path) for path, _ in train_files]
-    test_images = [_open_image(path) for path, _ in test_files]
-    grey = {"1", "L", "LA", "I", "I;16", "F"}
-    mode = "L" if all(im.mode in grey for im in train_images + test_images) else "RGB"
+    return FolderListing(train_files, test_files, tuple(class_names))
+
+
+def load_imagefolder(
+    directory: Path, *, input_size: int | None, test_fraction: float, seed: int
+) -> RawData:
+    """Read an image folder (see `list_imagefolder`) into memory with PIL.
+
+    Images become grey if every image is grey, else RGB, and are resized to a square of side
+    `input_size` (default: the first image's shorter side).
+    """
+    listing = list_imagefolder(directory, test_fraction=test_fraction, seed=seed)
+    train_images = [_open_image(path) for path, _ in listing.train]
+    test_images = [_open_image(path) for path, _ in listing.test]
+    mode = "L" if all(im.mode in GREY_MODES for im in train_images + test_images) else "RGB"
     side = input_size or min(train_images[0].size)
     return RawData(
         train_x=_images_to_tensor(train_images, mode, side),
-        train_y=torch.tensor([label for _, label in train_files], dtype=torch.int64),
+        train_y=_file_labels(listing.train),
         test_x=_images_to_tensor(test_images, mode, side),
-        test_y=torch.tensor([label for _, label in test_files], dtype=torch.int64),
-        class_names=tuple(class_names),
+        test_y=_file_labels(listing.test),
+        class_names=listing.class_names,
     )
+
+
+def stream_imagefolder(
+    listing: FolderListing,
+    *,
+    val_fraction: float,
+    seed: int,
+    input_size: int | None,
+    workers: int,
+) -> DatasetSplits:
+    """Splits of an image folder that decode their images when read (see `StreamingImages`).
+
+    The train/val split, class order and resizing are the in-memory loader's. Grey or RGB
+    and the mean/std are decided on a fixed-seed sample of `STATS_SAMPLE` train images.
+    """
+    labels = _file_labels(listing.train)
+    train_idx, val_idx = stratified_split(labels, val_fraction, seed)
+    gen = torch.Generator().manual_seed(seed)
+    sample = train_idx[torch.randperm(len(train_idx), generator=gen)[:STATS_SAMPLE]]
+    files = tuple(path for path, _ in listing.train)
+    modes = {_image_header(files[i]).mode for i in sample.tolist()}
+    mode = "L" if modes <= GREY_MODES else "RGB"
+    side = input_size or _image_side(files[0])
+    channels = 1 if mode == "L" else 3
+    unnormalised = StreamingImages(
+        files, labels, mode, side, (0.0,) * channels, (1.0,) * channels, workers
+    )
+    mean, std = _streamed_stats(unnormalised, sample)
+
+    def part(chosen: Tensor, source: LabelledFiles, source_labels: Tensor) -> StreamingImages:
+        return replace(
+            unnormalised,
+            files=tuple(source[i][0] for i in chosen.tolist()),
+            labels=source_labels[chosen],
+            mean=mean,
+            std=std,
+        )
+
+    test_labels = _file_labels(listing.test)
+    return DatasetSplits(
+        name="imagefolder",
+        train=part(train_idx, listing.train, labels),
+        val=part(val_idx, listing.train, labels),
+        test=part(torch.arange(len(listing.test)), listing.test, test_labels),
+        in_channels=channels,
+        input_size=side,
+        num_classes=len(listing.class_names),
+        class_names=listing.class_names,
+        mean=mean,
+        std=std,
+    )
+
+
+def _streamed_stats(
+    data: StreamingImages, indices: Tensor, batch_size: int = 64
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of the (unnormalised) images at `indices`, in float64."""
+    if len(indices) == 0:
+        raise NestError("the training split is empty")
+    total = total_sq = None
+    count = 0
+    for images, _ in batches_of(data, indices.split(batch_size)):
+        block = images.double()
+        sums, squares = block.sum(dim=(0, 2, 3)), block.square().sum(dim=(0, 2, 3))
+        total = sums if total is None else total + sums
+        total_sq = squares if total_sq is None else total_sq + squares
+        count += block.numel() // block.shape[1]
+    assert total is not None and total_sq is not None
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(0.0).sqrt().clamp_min(1e-6)
+    return tuple(mean.float().tolist()), tuple(std.float().tolist())
+
+
+def _file_labels(files: LabelledFiles) -> Tensor:
+    return torch.tensor([label for _, label in files], dtype=torch.int64)
+
+
+def _image_header(path: Path) -> Image.Image:
+    """The image's size and mode without decoding its pixels."""
+    try:
+        with Image.open(path) as image:
+            return image
+    except (OSError, UnidentifiedImageError) as e:
+        raise NestError(f"cannot read image {path}: {e}") from e
+
+
+def _image_side(path: Path) -> int:
+    return min(_image_header(path).size)
 
 
 def _class_dirs(root: Path) -> list[str]:
@@ -697,3 +939,36 @@ def channel_stats(images: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
 def normalise_(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """Normalise a batch in place with per-channel mean/std."""
     return images.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+
+
+# --- reading either kind of split ------------------------------------------------------------
+
+
+def labels_of(data: ImageData) -> Tensor:
+    """Every label of a split (no image is decoded)."""
+    return data.labels if isinstance(data, StreamingImages) else data.tensors[1]
+
+
+def images_at(data: ImageData, indices: Tensor) -> Tensor:
+    """The normalised images at `indices` (a streamed split decodes them now, here)."""
+    if isinstance(data, StreamingImages):
+        return torch.stack([data[i][0] for i in indices.tolist()])
+    return data.tensors[0][indices]
+
+
+def batches_of(
+    data: ImageData,
+    batches: Sequence[Tensor],
+    *,
+    generator: torch.Generator | None = None,
+    pin_memory: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(images, labels) of each batch of sample indices, in order; a streamed split decodes
+    them in its DataLoader workers (seeded by `generator`)."""
+    if isinstance(data, StreamingImages):
+        rows = [batch.tolist() for batch in batches]
+        yield from data.loader(rows, generator=generator, pin_memory=pin_memory)
+        return
+    images, labels = data.tensors
+    for batch in batches:
+        yield images[batch], labels[batch]

@@ -12,17 +12,23 @@ import pytest
 import torch
 from PIL import Image
 
+import nestdnn.data as data_module
 from nestdnn.data import (
     CIFAR_RECORD,
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_FILES,
     DatasetSplits,
     DataSpec,
+    StreamingImages,
     SyntheticConfig,
+    batches_of,
     data_meta,
+    images_at,
+    labels_of,
     load_dataset,
     recorded_data_spec,
     resolve_classes,
+    wants_streaming,
 )
 from nestdnn.errors import NestError
 
@@ -102,7 +108,7 @@ def test_input_size_resizes_every_split(tiny_synthetic: SyntheticConfig) -> None
 # --- data specs --------------------------------------------------------------------------------
 
 ROADMAP_DATASET_KEYS = ["name", "data_dir", "classes", "input_size", "val_fraction", "seed",
-                        "synthetic"]  # fmt: skip
+                        "synthetic", "streaming"]  # fmt: skip
 
 
 def test_data_spec_round_trips_through_json_with_the_roadmap_keys(
@@ -374,3 +380,58 @@ def test_imagefolder_rejects_unreadable_images(tmp_path: Path) -> None:
     (tmp_path / "a" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(NestError, match="cannot read image"):
         load_dataset("imagefolder", tmp_path)
+
+
+# --- streamed image folders --------------------------------------------------------------------
+
+
+def test_a_streamed_folder_reads_as_the_in_memory_loader_reads_it(tmp_path: Path) -> None:
+    write_images(tmp_path / "train", {"b": 9, "a": 8, "c": 7}, "RGB", size=10)
+    write_images(tmp_path / "test", {"a": 2, "b": 3, "c": 2}, "RGB", size=10)
+    options = {"val_fraction": 0.25, "input_size": 8, "classes": ["c", "a"], "seed": 1}
+    memory = load_dataset("imagefolder", tmp_path, **options)
+    stream = load_dataset("imagefolder", tmp_path, streaming=True, workers=0, **options)
+    assert isinstance(stream.train, StreamingImages)
+    assert stream.class_names == memory.class_names == ("c", "a")
+    assert (stream.in_channels, stream.input_size) == (memory.in_channels, memory.input_size)
+    # every train image is in the statistics sample, so even the normalisation is the same
+    assert stream.mean == pytest.approx(memory.mean) and stream.std == pytest.approx(memory.std)
+    for ours, theirs in zip((stream.train, stream.val, stream.test),
+                            (memory.train, memory.val, memory.test), strict=True):  # fmt: skip
+        assert torch.equal(labels_of(ours), theirs.tensors[1])
+        images = images_at(ours, torch.arange(len(ours)))
+        torch.testing.assert_close(images, theirs.tensors[0], atol=1e-5, rtol=1e-5)
+
+
+def test_streamed_batches_come_from_workers_in_the_asked_order(tmp_path: Path) -> None:
+    write_images(tmp_path, {"a": 6, "b": 6}, "L", size=6)
+    splits = load_dataset("imagefolder", tmp_path, val_fraction=0.0, streaming=True, workers=2)
+    order = [torch.tensor([3, 0, 5]), torch.tensor([1, 2])]
+    batches = list(batches_of(splits.train, order))
+    assert [len(labels) for _, labels in batches] == [3, 2]
+    assert torch.equal(batches[0][0], images_at(splits.train, order[0]))
+    assert torch.equal(batches[1][1], labels_of(splits.train)[order[1]])
+
+
+def test_only_image_folders_stream_and_large_ones_do_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(NestError, match="only an imagefolder data set can be streamed"):
+        load_dataset("synthetic", streaming=True)
+    write_images(tmp_path, {"a": 5, "b": 5}, "RGB", size=10)
+    assert not wants_streaming("imagefolder", tmp_path, None)
+    assert not wants_streaming("fashion-mnist", None, None)
+    monkeypatch.setattr(data_module, "MEMORY_LIMIT_BYTES", 10 * 3 * 10 * 10 * 4 - 1)
+    assert wants_streaming("imagefolder", tmp_path, None)
+    assert not wants_streaming("imagefolder", tmp_path, 5)  # smaller when resized
+
+
+def test_a_streamed_folder_is_recorded_and_rebuilt_streamed(tmp_path: Path) -> None:
+    write_images(tmp_path, {"a": 5, "b": 5}, "L", size=6)
+    spec = DataSpec("imagefolder", str(tmp_path), streaming=True)
+    splits = spec.load(workers=0)
+    meta = data_meta(spec, splits)
+    assert meta["streaming"] is True
+    again = recorded_data_spec("imagefolder", meta, in_channels=1, num_classes=2, input_size=6)
+    assert again.streaming and isinstance(again.load(workers=0).val, StreamingImages)
+    assert DataSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec

@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 import os
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
@@ -81,6 +84,53 @@ def test_fractional_epochs_run_a_prefix_of_the_batches(tiny_splits: DatasetSplit
         steps_per_epoch,
         expected - steps_per_epoch,
     ]
+
+
+def test_min_steps_sets_a_floor_on_optimizer_steps(tiny_splits: DatasetSplits) -> None:
+    steps_per_epoch = len(tiny_splits.train) // 32
+    calls: list[int] = []
+    config = TrainConfig(threads=1, epochs=0.1, batch_size=32, min_steps=2 * steps_per_epoch + 3)
+    model = small_model(tiny_splits)
+    result = train(model, tiny_splits, config, after_step=lambda: calls.append(1))
+    assert len(calls) == result.steps == 2 * steps_per_epoch + 3
+    assert [epoch.steps for epoch in result.history] == [steps_per_epoch, steps_per_epoch, 3]
+    assert result.epochs == pytest.approx(result.steps / steps_per_epoch)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_float32_weights(
+    tiny_splits: DatasetSplits, tmp_path: Path, amp: str
+) -> None:
+    state = tmp_path / "state.pt"
+    config = TrainConfig(threads=1, epochs=2, batch_size=32, amp=amp, device="cpu",
+                         checkpoint_path=str(state))  # fmt: skip
+    model = small_model(tiny_splits)
+    result = train(model, tiny_splits, config)
+    assert result.amp == amp and result.device == "cpu"
+    assert result.history[-1].loss < result.history[0].loss
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    saved = torch.load(state, weights_only=True)["scaler"]
+    assert bool(saved) == (amp == "fp16")  # the fp16 loss scale is part of the state
+    # precision is how, not what: a run resumes under another setting
+    resumed = train(small_model(tiny_splits), tiny_splits, replace(config, amp="off"))
+    assert resumed.resumed_epochs == 2
+
+
+def test_training_on_a_streamed_image_folder_is_reproducible(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for label in range(3):
+        (tmp_path / f"c{label}").mkdir()
+        for i in range(24):
+            pixels = np.clip(rng.normal(60 + 70 * label, 30, (12, 12)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, "L").save(tmp_path / f"c{label}" / f"{i}.png")
+    splits = load_dataset("imagefolder", tmp_path, streaming=True, workers=2)
+    config = TrainConfig(threads=1, epochs=3, batch_size=16, augment=True, lr=0.05, seed=2)
+    first, second = small_model(splits), small_model(splits)
+    result = train(first, splits, config)
+    train(second, splits, config)
+    assert same_weights(first, second)  # seeded workers augment alike
+    assert result.history[-1].loss < result.history[0].loss
+    assert evaluate(first, splits.val) == result.val_accuracy
 
 
 def test_custom_loss_receives_logits_labels_and_inputs(tiny_splits: DatasetSplits) -> None:
