@@ -16,8 +16,9 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
 
+from nestdnn import distributed
+from nestdnn.data import ImageData, images_at, labels_of
 from nestdnn.errors import NestError
 from nestdnn.models import NestNet
 
@@ -33,8 +34,11 @@ class Criterion(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def scores(self, model: NestNet, data: TensorDataset) -> Scores:
-        """One score per channel of each of ``model.groups()``, computed on ``data`` if needed."""
+    def scores(self, model: NestNet, data: ImageData) -> Scores:
+        """One score per channel of each of ``model.groups()``, computed on ``data`` if needed.
+
+        Under torchrun every rank must call it, and every rank gets the same scores.
+        """
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,8 @@ class TRR(Criterion):
 
     F_c(x) is channel c's post-BN, post-ReLU response in every layer of its group, flattened
     and concatenated. The model runs in eval mode (BN on running statistics), so a sample's
-    response does not depend on the rest of its batch.
+    response does not depend on the rest of its batch. Under torchrun the ranks share the
+    triplet batches and the sums are all-reduced.
     """
 
     triplets: int = 256
@@ -95,20 +100,20 @@ class TRR(Criterion):
     batch_size: int = 64  # triplets per forward pass (3x as many images)
     name: ClassVar[str] = "trr"
 
-    def scores(self, model: NestNet, data: TensorDataset) -> Scores:
-        images, labels = data.tensors[0], data.tensors[1]
-        triplets = sample_triplets(labels, self.triplets, self.seed)
+    def scores(self, model: NestNet, data: ImageData) -> Scores:
+        triplets = sample_triplets(labels_of(data), self.triplets, self.seed)
         totals = {g: torch.zeros(w, dtype=torch.float64) for g, w in model.groups().items()}
         device = next(model.parameters()).device
+        starts = range(0, len(triplets), self.batch_size)
         with _eval_mode(model), torch.inference_mode(), _residual_hooks(model, totals):
-            for start in range(0, len(triplets), self.batch_size):
+            for start in [starts[i] for i in distributed.shard(len(starts)).tolist()]:
                 batch = slice(start, start + self.batch_size)
                 idx = torch.cat(
                     [triplets.anchor[batch], triplets.positive[batch], triplets.negative[batch]]
                 )
-                model(images[idx].to(device))
+                model(images_at(data, idx).to(device))
         log.debug("TRR over %d triplets for %d groups", len(triplets), len(totals))
-        return totals
+        return _summed_over_ranks(totals)
 
 
 @dataclass
@@ -117,7 +122,7 @@ class L1(Criterion):
 
     name: ClassVar[str] = "l1"
 
-    def scores(self, model: NestNet, data: TensorDataset) -> Scores:
+    def scores(self, model: NestNet, data: ImageData) -> Scores:
         modules = dict(model.named_modules())
         return {
             group: sum(
@@ -126,6 +131,14 @@ class L1(Criterion):
             )
             for group, names in model.producers().items()
         }
+
+
+def _summed_over_ranks(totals: Scores) -> Scores:
+    """Every group's scores summed over the ranks (one all-reduce for all groups)."""
+    if not distributed.current().distributed:
+        return totals
+    flat = distributed.all_reduce_sum(torch.cat(list(totals.values())))
+    return dict(zip(totals, flat.split([len(t) for t in totals.values()]), strict=True))
 
 
 def _filter_l1(conv: nn.Module) -> Tensor:

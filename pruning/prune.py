@@ -1,15 +1,24 @@
 """The iterative prune-retrain loop that turns a vanilla model into a seed model and a roadmap.
 
-Step s keeps, in every channel group, ``round_to``-rounded ``(1 - s * ratio)`` of the group's
-original width (never below one channel, nor below ``round_to`` for a group at least that
-wide), dropping the channels the criterion scores lowest on the *current* model. The kept
-channels' weights become a smaller dense model (``NestNet.extract``), which is fine-tuned and
-evaluated on the validation split. The loop stops at the first step below the minimum
-accuracy (that step is discarded), after ``max_steps`` steps, or when no group can shrink.
+Every step keeps a *fraction* of each channel group's original width: ``round_to``-rounded
+(never below one channel, nor below ``round_to`` for a group at least that wide), dropping
+the channels the criterion scores lowest on the *current* model. A step lowers the fraction
+by the ratio in force (schedule points that would shrink nothing are skipped). The kept
+channels' weights become a smaller dense model (``NestNet.extract``), which is fine-tuned for
+``retrain_epochs`` but at least ``min_retrain_steps`` optimizer steps, and evaluated on the
+validation split.
+
+A try below the minimum accuracy is discarded and the step is retried from the same model
+with half the ratio (a halving that would prune exactly as a discarded try is skipped), down
+to ``ratio_floor``; the halved ratio stays in force for the later steps. The loop stops when
+a try at the floor fails (``min_accuracy``), after ``max_steps`` steps, or when no group can
+shrink (``min_width``). The roadmap records every try (``attempts``).
 
 Every finished step is written before the next begins (``step_XX.pt``, ``seed.pt``, then
-``roadmap.json`` as the commit point), so rerunning an interrupted run continues after its
-last finished step and reaches the same roadmap as an uninterrupted run.
+``roadmap.json`` as the commit point), and so is every discarded try, so rerunning an
+interrupted run continues where it stopped and reaches the same roadmap as an uninterrupted
+run. Under torchrun every rank runs this loop (fine-tuning, scoring and evaluating its
+share, taking the same decisions from all-reduced figures) and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -27,16 +36,26 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from nestdnn import distributed
 from nestdnn.checkpoint import load_checkpoint, save_checkpoint
 from nestdnn.data import DatasetSplits, DataSpec
+from nestdnn.device import resolve_device
 from nestdnn.errors import NestError
 from nestdnn.files import atomic_write
 from nestdnn.models import NestNet
-from nestdnn.training import TrainConfig, evaluate, set_threads, train
-from pruning.importance import Criterion, make_criterion
+from nestdnn.training import (
+    TrainConfig,
+    evaluate,
+    model_device,
+    plan_batches,
+    set_threads,
+    train,
+)
+from pruning.importance import Criterion, Scores, make_criterion
 from pruning.roadmap import (
     ROADMAP_FILE,
     SEED_FILE,
+    PruneAttempt,
     PruneSettings,
     Roadmap,
     RoadmapStep,
@@ -59,39 +78,63 @@ class PruneJob:
     dataset: DataSpec  # how to reload the data (recorded in the roadmap)
     settings: PruneSettings
     meta: dict[str, Any] | None = None  # extra metadata for every step checkpoint
-    threads: int | None = None  # torch threads (None: all cores); does not change the result
+    # How, not what (the result does not depend on these beyond floating-point noise):
+    threads: int | None = None  # torch threads (None: all cores)
+    device: str = "auto"
+    amp: str | None = None  # mixed precision of fine-tuning (None: the device's default)
 
 
 # --- the schedule ------------------------------------------------------------------------------
 
 
-def scheduled_width(original: int, position: int, ratio: float, round_to: int) -> int:
-    """Width of a group of ``original`` channels after ``position`` schedule steps."""
-    remaining = original * (1.0 - position * ratio)
-    rounded = round_to * math.floor(remaining / round_to + 0.5)
+def scheduled_width(original: int, fraction: float, round_to: int) -> int:
+    """Width of a group of ``original`` channels at ``fraction`` of it."""
+    rounded = round_to * math.floor(original * fraction / round_to + 0.5)
     return max(min(round_to, original), rounded)
 
 
 def next_widths(
-    original: Mapping[str, int], current: Mapping[str, int], ratio: float, round_to: int
-) -> dict[str, int] | None:
-    """The first schedule point at which some group is narrower than now; None if none is.
+    original: Mapping[str, int],
+    current: Mapping[str, int],
+    fraction: float,
+    ratio: float,
+    round_to: int,
+) -> tuple[float, dict[str, int]] | None:
+    """The first schedule point below ``fraction``, in steps of ``ratio``, at which some group
+    is narrower than now, and its widths; None if no group can shrink any more.
 
-    The schedule is monotone, so this is also the next step of an uninterrupted run: schedule
-    points that would shrink nothing (narrow groups, small ratio) are skipped.
+    Points that would shrink nothing (narrow groups, small ratio) are skipped, so a run that
+    never retries follows ``1 - s * ratio`` exactly.
     """
-    last_position = math.ceil(1.0 / ratio) + 1  # every group is at its floor by then
-    for position in range(1, last_position + 1):
-        widths = {g: scheduled_width(w, position, ratio, round_to) for g, w in original.items()}
+    point = fraction
+    while True:
+        point = round(point - ratio, 9)  # no drift: 1 - 0.1 - 0.1 - 0.1 is 0.7
+        widths = {g: scheduled_width(w, point, round_to) for g, w in original.items()}
         if any(widths[g] < current[g] for g in current):
-            return widths
-    return None
+            return point, widths
+        if point <= 0:  # every group is at its floor
+            return None
 
 
 def channels_to_keep(scores: Tensor, width: int) -> Tensor:
     """Indices of the ``width`` highest scores, ascending (ties keep the lower index)."""
     order = torch.argsort(scores, descending=True, stable=True)
     return order[:width].sort().values
+
+
+def retry_ratios(roadmap: Roadmap) -> list[float]:
+    """The ratios the next step may try, in order: the ratio in force (the last try's, or
+    half of it after a discarded try), then halvings down to the settings' floor."""
+    settings = roadmap.settings
+    ratio = settings.ratio
+    if roadmap.attempts:
+        last = roadmap.attempts[-1]
+        ratio = last.ratio if last.accepted else last.ratio / 2
+    ratios = []
+    while ratio >= settings.ratio_floor * (1 - 1e-9):
+        ratios.append(ratio)
+        ratio /= 2
+    return ratios
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -115,6 +158,7 @@ def prune(
         raise NestError(f"--max-steps must be at least 1, got {max_steps}")
     if job.threads is not None and job.threads < 1:
         raise NestError(f"--threads must be at least 1, got {job.threads}")
+    device = resolve_device(job.device)
     set_threads(job.threads)
     check_model_matches_data(vanilla, splits, job.vanilla_path)
     if len(splits.val) == 0:
@@ -122,19 +166,26 @@ def prune(
     criterion = make_criterion(
         job.settings.criterion, triplets=job.settings.triplets, seed=job.settings.seed
     )
-    if (job.out / ROADMAP_FILE).exists():
+    resuming = (job.out / ROADMAP_FILE).exists()
+    distributed.barrier()  # every rank has looked before rank 0 writes
+    if resuming:
         roadmap, model = _resume(vanilla, job)
         log.info("resuming %s after step %d", job.out, roadmap.last.step)
     else:
-        roadmap, model = _start(vanilla, splits, job)
+        roadmap, model = _start(vanilla.to(device), splits, job)
         if on_step is not None:
             on_step(roadmap.last, roadmap)
     if not _should_continue(roadmap, max_steps):
         return roadmap
     roadmap.stopped = None
-    while roadmap.stopped is None:
-        model = _advance(model, roadmap, splits, job, criterion, max_steps, progress, on_step)
-    save_roadmap(roadmap, job.out / ROADMAP_FILE)
+    show = progress and distributed.current().is_main
+    with tqdm(desc="pruning", unit="try", disable=not show, leave=False) as bar:
+        while roadmap.stopped is None:
+            model = _advance(model.to(device), roadmap, splits, job, criterion, max_steps,
+                             progress, on_step)  # fmt: skip
+            bar.update()
+            bar.set_postfix(params=f"{roadmap.last.params / roadmap.steps[0].params:.1%}")
+    _commit(roadmap, job)
     log.info("pruning stopped (%s); seed is step %d", roadmap.stopped, roadmap.seed_step)
     return roadmap
 
@@ -149,70 +200,99 @@ def _advance(
     progress: bool,
     on_step: StepCallback | None,
 ) -> NestNet:
-    """Run one step, record it if it met the minimum accuracy, or set ``roadmap.stopped``."""
+    """Try the next step (retrying at smaller ratios), record it if a try met the minimum
+    accuracy, or set ``roadmap.stopped``; returns the model to prune next."""
     last = roadmap.last
     if max_steps is not None and last.step >= max_steps:
         roadmap.stopped = "max_steps"
         return model
-    targets = next_widths(
-        roadmap.steps[0].widths, last.widths, job.settings.ratio, job.settings.round_to
-    )
-    if targets is None:
-        roadmap.stopped = "min_width"
-        return model
+    settings = job.settings
     step = last.step + 1
-    child, keep = _shrink(model, criterion, splits, targets)
-    accuracy = _fine_tune(child, splits, job, step, progress)
-    if accuracy < job.settings.min_accuracy:
+    tried = [a.widths for a in roadmap.attempts if a.step == step]
+    scores: Scores | None = None
+    for ratio in retry_ratios(roadmap):
+        found = next_widths(
+            roadmap.steps[0].widths, last.widths, fraction_of(roadmap, last), ratio,
+            settings.round_to,
+        )  # fmt: skip
+        if found is None:
+            roadmap.stopped = "min_width"
+            return model
+        fraction, targets = found
+        if targets in tried:  # prunes exactly as a discarded try: it would fail again
+            continue
+        tried.append(targets)
+        scores = criterion.scores(model, splits.train) if scores is None else scores
+        keep = {g: channels_to_keep(scores[g], targets[g]) for g in model.groups()}
+        child = model.extract({g: k.to(model_device(model)) for g, k in keep.items()})
+        accuracy = _fine_tune(child, splits, job, step, progress)
+        attempt = PruneAttempt(
+            step=step, ratio=ratio, fraction=fraction, widths=targets,
+            params=child.count_params(), val_accuracy=accuracy,
+            accepted=accuracy >= settings.min_accuracy,
+            retrain_steps=_retrain_steps(len(splits.train), settings),
+        )  # fmt: skip
+        roadmap.attempts.append(attempt)
+        if attempt.accepted:
+            kept = {g: [last.kept[g][i] for i in keep[g].tolist()] for g in keep}
+            record = _record(child, roadmap, job, step, kept, accuracy, fraction)
+            if on_step is not None:
+                on_step(record, roadmap)
+            return child
         log.info(
-            "step %d: val accuracy %.4f below the minimum %.4f; discarded",
-            step,
-            accuracy,
-            job.settings.min_accuracy,
-        )
-        roadmap.stopped = "min_accuracy"
-        return model
-    kept = {g: [last.kept[g][i] for i in keep[g].tolist()] for g in keep}
-    record = _record(child, roadmap, job, step, kept, accuracy)
-    if on_step is not None:
-        on_step(record, roadmap)
-    return child
+            "step %d at ratio %g: val accuracy %.4f below the minimum %.4f; discarded",
+            step, ratio, accuracy, settings.min_accuracy,
+        )  # fmt: skip
+        _commit(roadmap, job)
+    roadmap.stopped = "min_accuracy"
+    return model
 
 
-def _shrink(
-    model: NestNet, criterion: Criterion, splits: DatasetSplits, targets: Mapping[str, int]
-) -> tuple[NestNet, dict[str, Tensor]]:
-    """Score the current model's channels and extract the best ``targets[g]`` of each group."""
-    scores = criterion.scores(model, splits.train)
-    keep = {g: channels_to_keep(scores[g], targets[g]) for g in model.groups()}
-    return model.extract(keep), keep
+def fraction_of(roadmap: Roadmap, step: RoadmapStep) -> float:
+    """The schedule fraction of a step; for a roadmap written before fractions were recorded,
+    the point of its constant-ratio schedule with the step's widths."""
+    if step.fraction is not None:
+        return step.fraction
+    settings = roadmap.settings
+    original = roadmap.steps[0].widths
+    for position in range(math.ceil(1.0 / settings.ratio) + 2):
+        fraction = round(1.0 - position * settings.ratio, 9)
+        widths = {g: scheduled_width(w, fraction, settings.round_to) for g, w in original.items()}
+        if widths == step.widths:
+            return fraction
+    raise NestError(f"step {step.step}'s widths are not on its roadmap's schedule")
 
 
 def _fine_tune(
     model: NestNet, splits: DatasetSplits, job: PruneJob, step: int, progress: bool
 ) -> float:
-    """Fine-tune with the shared loop for ``retrain_epochs``; return the validation accuracy."""
+    """Fine-tune with the shared loop; return the validation accuracy."""
     settings = job.settings
     config = TrainConfig(
         epochs=settings.retrain_epochs,
         batch_size=settings.batch_size,
         lr=settings.lr,
         seed=settings.seed * 1000 + step,  # a distinct, reproducible stream per step
+        min_steps=settings.min_retrain_steps,
         threads=job.threads,
-        progress=False,
+        progress=progress,
+        device=job.device,
+        amp=job.amp,
     )
-    total = _optimizer_steps(len(splits.train), settings)
-    with tqdm(total=total, desc=f"step {step}", unit="batch", disable=not progress) as bar:
-        result = train(model, splits, config, after_step=lambda: bar.update())
+    result = train(model, splits, config)
     if result.val_accuracy is None:
         raise NestError("pruning needs a validation split held out from training; it is empty")
     return result.val_accuracy
 
 
-def _optimizer_steps(samples: int, settings: PruneSettings) -> int:
-    """Optimizer steps of one fine-tuning (as the shared loop counts them: full batches only)."""
-    per_epoch = samples // min(settings.batch_size, samples)
-    return math.ceil(settings.retrain_epochs * per_epoch)
+def _retrain_steps(samples: int, settings: PruneSettings) -> int:
+    """Optimizer steps of one fine-tuning (as the shared loop counts them)."""
+    config = TrainConfig(
+        epochs=settings.retrain_epochs,
+        batch_size=settings.batch_size,
+        min_steps=settings.min_retrain_steps,
+    )
+    return plan_batches(samples, config, distributed.current().world_size).total_steps
 
 
 # --- starting, recording, resuming -------------------------------------------------------------
@@ -258,9 +338,10 @@ def _start(vanilla: NestNet, splits: DatasetSplits, job: PruneJob) -> tuple[Road
         dataset=job.dataset,
         settings=job.settings,
     )
-    job.out.mkdir(parents=True, exist_ok=True)
+    if distributed.current().is_main:
+        job.out.mkdir(parents=True, exist_ok=True)
     kept = {g: list(range(w)) for g, w in vanilla.groups().items()}
-    _record(vanilla, roadmap, job, 0, kept, accuracy)
+    _record(vanilla, roadmap, job, 0, kept, accuracy, 1.0)
     return roadmap, vanilla
 
 
@@ -271,8 +352,10 @@ def _record(
     step: int,
     kept: dict[str, list[int]],
     accuracy: float,
+    fraction: float,
 ) -> RoadmapStep:
-    """Write the step's checkpoint, make it the seed, then commit it to the roadmap."""
+    """Write the step's checkpoint, make it the seed, then commit it to the roadmap (rank 0
+    writes; every rank records it)."""
     record = RoadmapStep(
         step=step,
         file=step_file(step),
@@ -281,7 +364,11 @@ def _record(
         val_accuracy=accuracy,
         params=model.count_params(),
         macs=model.count_macs(),
+        fraction=fraction,
     )
+    roadmap.steps.append(record)
+    if not distributed.current().is_main:
+        return record
     meta = {
         **(job.meta or {}),
         "stage": "prune",
@@ -292,9 +379,14 @@ def _record(
     }
     save_checkpoint(job.out / record.file, model, **meta)
     _atomic_copy(job.out / record.file, job.out / SEED_FILE)
-    roadmap.steps.append(record)
     save_roadmap(roadmap, job.out / ROADMAP_FILE)
     return record
+
+
+def _commit(roadmap: Roadmap, job: PruneJob) -> None:
+    """Write the roadmap as it is now (rank 0 only)."""
+    if distributed.current().is_main:
+        save_roadmap(roadmap, job.out / ROADMAP_FILE)
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
@@ -312,7 +404,7 @@ def _resume(vanilla: NestNet, job: PruneJob) -> tuple[Roadmap, NestNet]:
             f" ({'; '.join(differences)}); use the same settings to resume, or another --out"
         )
     path = job.out / roadmap.last.file
-    model, _meta = load_checkpoint(path)
+    model, _meta = load_checkpoint(path, resolve_device(job.device))
     if model.groups() != roadmap.last.widths:
         raise NestError(f"{path} does not have the widths the roadmap records for its step")
     return roadmap, model

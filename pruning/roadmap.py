@@ -2,7 +2,12 @@
 
 The JSON layout is the contract in ``docs/formats.md``. Besides the fields listed there, the
 file records what else decides the result (``triplets``, ``batch_size``, ``lr``) and the
-SHA-256 of the vanilla checkpoint, so that resuming can refuse a run made differently.
+SHA-256 of the vanilla checkpoint, so that resuming can refuse a run made differently, and
+every attempt at a step (``attempts``: kept or discarded, at which ratio).
+
+Roadmaps written before retries existed still load: they have no ``attempts``, their steps
+no ``fraction``, and their settings read as what they were then (no fine-tuning floor,
+``min_ratio`` equal to ``ratio``: no retry).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ VERSION = 1
 ROADMAP_FILE = "roadmap.json"
 SEED_FILE = "seed.pt"
 STOP_REASONS = ("min_accuracy", "max_steps", "min_width")
+DEFAULT_MIN_RETRAIN_STEPS = 200
 
 
 def step_file(step: int) -> str:
@@ -42,6 +48,13 @@ class PruneSettings:
     triplets: int = 256
     batch_size: int = 128
     lr: float = 0.01
+    min_retrain_steps: int = DEFAULT_MIN_RETRAIN_STEPS  # fine-tuning floor, in optimizer steps
+    min_ratio: float | None = None  # retries halve the ratio down to this; None: ratio / 4
+
+    @property
+    def ratio_floor(self) -> float:
+        """The smallest ratio a retry may use."""
+        return self.ratio / 4 if self.min_ratio is None else self.min_ratio
 
     def validate(self) -> None:
         checks = [
@@ -58,6 +71,14 @@ class PruneSettings:
             (self.triplets >= 1, f"--triplets must be at least 1, got {self.triplets}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (
+                self.min_retrain_steps >= 0,
+                f"--min-retrain-steps must be >= 0, got {self.min_retrain_steps}",
+            ),
+            (
+                self.min_ratio is None or 0 < self.min_ratio <= self.ratio,
+                f"--min-ratio must be in (0, --ratio], got {self.min_ratio}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -78,10 +99,28 @@ class RoadmapStep:
     val_accuracy: float
     params: int
     macs: int
+    fraction: float | None = None  # of every group's original width (None: an older roadmap)
 
     @property
     def total_width(self) -> int:
         return sum(self.widths.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PruneAttempt:
+    """One try at pruning step ``step``: kept (it became that step) or discarded."""
+
+    step: int
+    ratio: float  # of the original widths removed by this try
+    fraction: float  # of the original widths the try kept
+    widths: dict[str, int]
+    params: int
+    val_accuracy: float
+    accepted: bool
+    retrain_steps: int  # optimizer steps of its fine-tuning
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +137,7 @@ class Roadmap:
     settings: PruneSettings
     steps: list[RoadmapStep] = field(default_factory=list)
     stopped: str | None = None  # None while the run is unfinished
+    attempts: list[PruneAttempt] = field(default_factory=list)
 
     @property
     def seed_step(self) -> int:
@@ -120,6 +160,7 @@ class Roadmap:
             "steps": [s.to_dict() for s in self.steps],
             "seed_step": self.seed_step,
             "stopped": self.stopped,
+            "attempts": [a.to_dict() for a in self.attempts],
         }
 
     @classmethod
@@ -129,6 +170,7 @@ class Roadmap:
             raise NestError(f"{source} is not a nestdnn roadmap (format is not {FORMAT!r})")
         if data.get("version") != VERSION:
             raise NestError(f"{source} has roadmap version {data.get('version')}, need {VERSION}")
+        data = {**_older_settings(data), **data}
         setting_names = [f.name for f in fields(PruneSettings)]
         required = ["vanilla", "model_config", "dataset", "steps", "stopped", *setting_names]
         missing = [key for key in required if key not in data]
@@ -141,6 +183,9 @@ class Roadmap:
         if not isinstance(data["steps"], list):
             raise NestError(f"{source}: 'steps' must be a list")
         steps = [_parse_step(raw, f"{source} step {i}") for i, raw in enumerate(data["steps"])]
+        attempts = data.get("attempts", [])
+        if not isinstance(attempts, list):
+            raise NestError(f"{source}: 'attempts' must be a list")
         settings = PruneSettings(**{name: data[name] for name in setting_names})
         roadmap = cls(
             vanilla=data["vanilla"],
@@ -150,6 +195,7 @@ class Roadmap:
             settings=settings,
             steps=steps,
             stopped=data["stopped"],
+            attempts=[_parse_attempt(a, f"{source} attempt {i}") for i, a in enumerate(attempts)],
         )
         roadmap.check(source)
         return roadmap
@@ -176,10 +222,16 @@ class Roadmap:
             previous = step
 
 
+def _older_settings(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a roadmap from before retries was made with (no floor, no retry)."""
+    return {"min_retrain_steps": 0, "min_ratio": data.get("ratio")}
+
+
 def _parse_step(raw: Any, where: str) -> RoadmapStep:
     """One step entry with the right keys and JSON types (consistency is checked later)."""
     names = [f.name for f in fields(RoadmapStep)]
-    if not isinstance(raw, Mapping) or sorted(raw) != sorted(names):
+    required = [name for name in names if name != "fraction"]  # older roadmaps lack it
+    if not isinstance(raw, Mapping) or not set(required) <= set(raw) <= set(names):
         raise NestError(f"{where} must be an object with exactly {', '.join(names)}")
     widths, kept = raw["widths"], raw["kept"]
     if not isinstance(widths, Mapping) or not all(isinstance(w, int) for w in widths.values()):
@@ -189,6 +241,15 @@ def _parse_step(raw: Any, where: str) -> RoadmapStep:
     ):
         raise NestError(f"{where}: 'kept' must map groups to lists of channel indices")
     return RoadmapStep(**raw)
+
+
+def _parse_attempt(raw: Any, where: str) -> PruneAttempt:
+    names = [f.name for f in fields(PruneAttempt)]
+    if not isinstance(raw, Mapping) or sorted(raw) != sorted(names):
+        raise NestError(f"{where} must be an object with exactly {', '.join(names)}")
+    if not isinstance(raw["widths"], Mapping) or not isinstance(raw["accepted"], bool):
+        raise NestError(f"{where}: 'widths' must be an object and 'accepted' a boolean")
+    return PruneAttempt(**raw)
 
 
 def _check_kept(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import re
 from pathlib import Path
@@ -96,6 +97,7 @@ def settings(**changes: object) -> PruneSettings:
         "triplets": 32,
         "batch_size": 64,
         "lr": 0.05,
+        "min_retrain_steps": 0,
     }
     return PruneSettings(**{**base, **changes})  # type: ignore[arg-type]
 
@@ -239,7 +241,7 @@ def test_l1_sums_each_producers_filter_norms(resnet: NestNet, splits: DatasetSpl
 
 
 def test_schedule_removes_ratio_of_original_width_with_rounding_and_floors() -> None:
-    assert [scheduled_width(16, s, 0.1, 1) for s in range(11)] == [
+    assert [scheduled_width(16, round(1 - s * 0.1, 9), 1) for s in range(11)] == [
         16,
         14,
         13,
@@ -252,13 +254,24 @@ def test_schedule_removes_ratio_of_original_width_with_rounding_and_floors() -> 
         2,
         1,
     ]
-    assert [scheduled_width(32, s, 0.25, 8) for s in range(5)] == [32, 24, 16, 8, 8]
-    assert scheduled_width(6, 1, 0.5, 8) == 6  # narrower than round_to: stays whole
+    assert [scheduled_width(32, 1 - s * 0.25, 8) for s in range(5)] == [32, 24, 16, 8, 8]
+    assert scheduled_width(6, 0.5, 8) == 6  # narrower than round_to: stays whole
     # A step that would shrink nothing is skipped; a group at its floor stays.
-    assert next_widths({"a": 4}, {"a": 4}, 0.1, 1) == {"a": 3}
-    assert next_widths({"a": 16, "b": 2}, {"a": 14, "b": 2}, 0.1, 1) == {"a": 13, "b": 2}
-    assert next_widths({"a": 16, "b": 2}, {"a": 2, "b": 1}, 0.1, 1) == {"a": 1, "b": 1}
-    assert next_widths({"a": 16, "b": 2}, {"a": 1, "b": 1}, 0.1, 1) is None
+    assert next_widths({"a": 4}, {"a": 4}, 1.0, 0.1, 1) == (0.8, {"a": 3})
+    assert next_widths({"a": 16, "b": 2}, {"a": 14, "b": 2}, 0.9, 0.1, 1) == (
+        0.8,
+        {"a": 13, "b": 2},
+    )
+    assert next_widths({"a": 16, "b": 2}, {"a": 2, "b": 1}, 0.1, 0.1, 1) == (
+        0.0,
+        {"a": 1, "b": 1},
+    )
+    assert next_widths({"a": 16, "b": 2}, {"a": 1, "b": 1}, 0.0, 0.1, 1) is None
+    # Many small steps land exactly where one big one does (no drift from repeated subtraction).
+    fraction, widths = 1.0, {"a": 50}
+    for _ in range(3):
+        fraction, widths = next_widths({"a": 50}, widths, fraction, 0.1, 1)  # type: ignore[misc]
+    assert (fraction, widths) == (0.7, {"a": 35})
 
 
 def test_channels_to_keep_drops_lowest_scores_and_keeps_ascending_order() -> None:
@@ -347,12 +360,67 @@ def test_first_step_below_min_accuracy_is_discarded(
     vanilla_accuracy = evaluate(vgg, splits.val)
     accuracies = iter([vanilla_accuracy - 0.01, vanilla_accuracy - 0.04, vanilla_accuracy - 0.2])
     monkeypatch.setattr(prune_module, "_fine_tune", lambda *_args: next(accuracies))
-    job = job_for(vanilla_file, tmp_path, min_accuracy=vanilla_accuracy - 0.05)
+    no_retry = {"ratio": 0.25, "min_ratio": 0.25}
+    job = job_for(vanilla_file, tmp_path, min_accuracy=vanilla_accuracy - 0.05, **no_retry)
     roadmap = prune(vgg, splits, job)
     assert [s.step for s in roadmap.steps] == [0, 1, 2]
     assert roadmap.stopped == "min_accuracy" and roadmap.seed_step == 2
+    assert [a.accepted for a in roadmap.attempts] == [True, True, False]
     assert not (tmp_path / "step_03.pt").exists()
     assert (tmp_path / "seed.pt").read_bytes() == (tmp_path / "step_02.pt").read_bytes()
+
+
+def test_a_step_below_min_accuracy_is_retried_at_halved_ratios_down_to_the_floor(
+    vanilla_file: Path, vgg: NestNet, splits: DatasetSplits, tmp_path: Path, monkeypatch
+) -> None:
+    # Fine-tuning "succeeds" while the model keeps at least 55 % of the channels.
+    full = sum(vgg.groups().values())
+    monkeypatch.setattr(
+        prune_module,
+        "_fine_tune",
+        lambda model, *_args: 0.9 if sum(model.groups().values()) >= 0.55 * full else 0.1,
+    )
+    job = job_for(vanilla_file, tmp_path, ratio=0.2, min_ratio=0.05, min_accuracy=0.5)
+    roadmap = prune(vgg, splits, job)
+    assert roadmap.stopped == "min_accuracy"
+    attempts = roadmap.attempts
+    assert [a.accepted for a in attempts].count(False) >= 2, "precondition: some retries"
+    # Every try is recorded; kept tries became the steps, in order, at their fractions.
+    kept = [a for a in attempts if a.accepted]
+    assert [a.step for a in kept] == [s.step for s in roadmap.steps[1:]]
+    assert [a.fraction for a in kept] == [s.fraction for s in roadmap.steps[1:]]
+    assert [a.widths for a in kept] == [s.widths for s in roadmap.steps[1:]]
+    assert all((a.val_accuracy >= 0.5) == a.accepted for a in attempts)
+    # After a discarded try the ratio halves (a halving that prunes the same is skipped),
+    # after a kept one it stays; no try goes below the floor; the last one failed at it.
+    for before, after in itertools.pairwise(attempts):
+        if before.accepted:
+            assert after.ratio == before.ratio
+        else:
+            assert after.step == before.step and after.ratio <= before.ratio / 2
+            assert after.widths != before.widths
+    assert min(a.ratio for a in attempts) == pytest.approx(0.05)
+    assert not attempts[-1].accepted and attempts[-1].ratio == pytest.approx(0.05)
+    assert load_roadmap(tmp_path).to_dict() == roadmap.to_dict()
+    assert roadmap.last.total_width >= 0.55 * full
+    assert roadmap.last.total_width < 0.8 * full  # went beyond the first failure at ratio 0.2
+
+
+def test_roadmaps_from_before_retries_still_load(vgg_run: tuple[Roadmap, Path]) -> None:
+    roadmap, _ = vgg_run
+    old = roadmap.to_dict()
+    for key in ("attempts", "min_retrain_steps", "min_ratio"):
+        del old[key]
+    for step in old["steps"]:
+        del step["fraction"]
+    loaded = Roadmap.from_dict(old)
+    assert loaded.attempts == [] and loaded.settings.min_retrain_steps == 0
+    assert loaded.settings.ratio_floor == loaded.settings.ratio  # it never retried
+    assert [s.widths for s in loaded.steps] == [s.widths for s in roadmap.steps]
+    # Its constant-ratio schedule points are found again from the widths.
+    assert [prune_module.fraction_of(loaded, s) for s in loaded.steps] == [
+        s.fraction for s in roadmap.steps
+    ]
 
 
 def test_runs_until_no_group_can_shrink(
@@ -385,8 +453,9 @@ def test_resnet_pruning_keeps_coupled_channels_coupled(
     # Extracting the chosen channels computes exactly what the full model computes with the
     # dropped channels silenced everywhere they meet (stem, residual adds, shortcuts).
     scores = TRR(triplets=16).scores(resnet, splits.train)
-    targets = next_widths(resnet.groups(), resnet.groups(), 0.25, 1)
-    assert targets is not None
+    found = next_widths(resnet.groups(), resnet.groups(), 1.0, 0.25, 1)
+    assert found is not None
+    targets = found[1]
     keep = {g: channels_to_keep(scores[g], targets[g]) for g in targets}
     images = splits.val.tensors[0][:8]
     with torch.no_grad():
