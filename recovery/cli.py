@@ -7,6 +7,10 @@ import logging
 import shutil
 from pathlib import Path
 
+import torch
+
+from nestdnn import distributed
+from nestdnn.distributed import Rank, add_compute_options, run_stage
 from nestdnn.errors import NestError
 from nestdnn.training import set_threads
 from recovery.grow import RecoveryConfig, RecoveryResult, recover, work_dir_for
@@ -46,7 +50,9 @@ def configure_recover(parser: argparse.ArgumentParser) -> None:
                        help="share of the distillation term in the loss")
     train.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                       help="progress bars (default: when stderr is a terminal)")
+                       help="progress bars for levels, epochs and steps (default: when stderr"
+                       " is a terminal)")
+    add_compute_options(parser)
     data = parser.add_argument_group("data (default: as recorded in the roadmap)")
     data.add_argument("--dataset", help="override the roadmap's data set name")
     data.add_argument("--data-dir", help="override the roadmap's data directory")
@@ -55,6 +61,10 @@ def configure_recover(parser: argparse.ArgumentParser) -> None:
 
 
 def run_recover(args: argparse.Namespace) -> int:
+    return run_stage(args, lambda device, rank: _recover(args, device, rank))
+
+
+def _recover(args: argparse.Namespace, device: torch.device, rank: Rank) -> int:
     out: Path = args.out
     if out.is_dir():
         raise NestError(f"--out must be a file path, {out} is a directory")
@@ -69,6 +79,8 @@ def run_recover(args: argparse.Namespace) -> int:
         distill_weight=args.distill_weight,
         threads=args.threads,
         progress=args.progress,
+        device=str(device),
+        amp=args.amp,
     )
     config.validate()
     if args.threads is not None and args.threads < 1:
@@ -80,9 +92,12 @@ def run_recover(args: argparse.Namespace) -> int:
     )
     plan = plan_levels(run, steps)
     set_threads(args.threads)
-    splits = load_run_splits(run, args.dataset, args.data_dir)
+    splits = load_run_splits(run, args.dataset, args.data_dir, workers=args.workers)
     log.info("recovering roadmap steps %s (smallest first) from %s", steps, run.directory)
     result = recover(run, plan, splits, out, config)
+    distributed.barrier()  # every rank is done with the work dir
+    if not rank.is_main:
+        return 0
     if not args.keep_work:
         shutil.rmtree(work_dir_for(out))
     print(_summary_table(result))

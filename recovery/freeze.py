@@ -2,20 +2,21 @@
 
 For every nested tensor (a conv / linear weight, >= 2 dims) the block indexed by the previous
 descendant's widths along the grouped dims (ungrouped dims in full) belongs to that
-descendant and must stay bit-identical. Gradient hooks zero the block's gradient (so that
-momentum and adaptive optimizer state carry no signal for it) and ``restore`` copies the saved
-values back after every optimizer step, which also undoes weight decay and any update from
-optimizer state.
+descendant and must stay bit-identical. ``mask_grads`` zeroes the block's gradient between
+the backward pass and the optimizer step (so that momentum and adaptive optimizer state carry
+no signal for it): under DistributedDataParallel that is after the gradients are all-reduced,
+so nothing a rank sends can reach the block. ``restore`` copies the saved values back after
+every optimizer step, which also undoes weight decay and any update from optimizer state, so
+the block is bit-exact whatever the optimizer, precision or number of processes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from nestdnn.models import GroupAxes, NestNet
 
@@ -63,36 +64,23 @@ class Freezer:
     """Pins the prefix blocks (``frozen_widths``) of ``model``'s nested weights to their values."""
 
     def __init__(self, model: NestNet, frozen_widths: Mapping[str, int]) -> None:
-        """Remember every nested weight's block as it is now and start zeroing its gradient."""
+        """Remember every nested weight's block as it is now (on the weight's device)."""
         axes = model.param_axes()
         self.blocks: list[FrozenBlock] = []
         for name, param in model.named_parameters():
             if is_nested(param):
                 index = block_index(axes[name], frozen_widths)
                 self.blocks.append(FrozenBlock(name, param, index, param[index].detach().clone()))
-        self._hooks: list[RemovableHandle] = [
-            block.param.register_hook(_grad_without_block(block.index)) for block in self.blocks
-        ]
+
+    @torch.no_grad()
+    def mask_grads(self) -> None:
+        """Zero the frozen blocks' gradients (call after backward, before the optimizer step)."""
+        for block in self.blocks:
+            if block.param.grad is not None:
+                block.param.grad[block.index] = 0
 
     @torch.no_grad()
     def restore(self) -> None:
         """Copy the frozen values back into their blocks (call after every optimizer step)."""
         for block in self.blocks:
             block.param[block.index] = block.values
-
-    def release(self) -> None:
-        """Stop zeroing the frozen blocks' gradients."""
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
-
-
-def _grad_without_block(index: Block) -> Callable[[Tensor], Tensor]:
-    """A gradient hook returning the gradient with the frozen block set to zero."""
-
-    def hook(grad: Tensor) -> Tensor:
-        grad = grad.clone()
-        grad[index] = 0
-        return grad
-
-    return hook

@@ -11,6 +11,10 @@ its roadmap model too and are trained with it.
 Each finished level is saved as a checkpoint in a work directory next to the output
 (``MODEL.nest.work/level_k.pt``), so an interrupted run continues where it stopped and, being
 seeded per level, writes the same file as an uninterrupted one.
+
+Levels train on ``config.device``. Under torchrun every rank grows every level (its share of
+each batch, the frozen block masked after the all-reduce and restored after every step) and
+only rank 0 writes; every rank then re-measures the written file.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from nestdnn import distributed
 from nestdnn.checkpoint import load_checkpoint, save_checkpoint
 from nestdnn.data import DatasetSplits
+from nestdnn.device import resolve_device
 from nestdnn.errors import NestError
 from nestdnn.models import ModelConfig, NestNet
 from nestdnn.nested import load_descendant
@@ -59,6 +65,8 @@ class RecoveryConfig:
     distill_weight: float = 0.7  # share of the distillation term in the loss
     threads: int | None = None
     progress: bool | None = None
+    device: str = "auto"
+    amp: str | None = None  # mixed precision (None: the device's default)
 
     def validate(self) -> None:
         if self.epochs_per_level <= 0:
@@ -70,7 +78,8 @@ class RecoveryConfig:
 
     def identity(self) -> dict[str, Any]:
         """The settings that change the result (a resumed run must use the same)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("threads", "progress")}
+        runtime = ("threads", "progress", "device", "amp")
+        return {k: v for k, v in asdict(self).items() if k not in runtime}
 
 
 @dataclass
@@ -118,12 +127,14 @@ def recover(
     """Grow every level of ``plan``, write the ``.nest`` file and re-check it from disk."""
     config.validate()
     _check_data_fits(run.model_config, splits)
+    device = resolve_device(config.device)
     work = work_dir_for(out)
     _claim_work_dir(work, run, plan, config)
-    teacher = _load_teacher(run) if config.distill else None
+    teacher = _load_teacher(run, device) if config.distill else None
     levels: list[LevelResult] = []
     models: list[NestNet] = []
-    show = sys.stderr.isatty() if config.progress is None else config.progress
+    rank = distributed.current()
+    show = (sys.stderr.isatty() if config.progress is None else config.progress) and rank.is_main
     with (
         logging_redirect_tqdm(),
         tqdm(total=plan.num_levels, desc="recover", unit="level", disable=not show) as bar,
@@ -138,8 +149,10 @@ def recover(
             log.info(result.summary(plan.num_levels))
             bar.set_postfix(val=f"{result.val_accuracy:.2%}")
             bar.update()
-    write_nest(out, _descendants(models, levels), _nest_meta(run, plan, splits, config))
-    file_accuracies = verify_from_file(out, splits, levels)
+    if rank.is_main:
+        write_nest(out, _descendants(models, levels), _nest_meta(run, plan, splits, config))
+    distributed.barrier()  # the file exists for every rank
+    file_accuracies = verify_from_file(out, splits, levels, device)
     return RecoveryResult(path=out, levels=levels, file_accuracies=file_accuracies)
 
 
@@ -162,23 +175,25 @@ def _claim_work_dir(work: Path, run: PruneRun, plan: LevelPlan, config: Recovery
         "recovery": config.identity(),
     }
     path = work / SETTINGS_FILE
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous != settings:
-            changed = sorted(k for k in settings if previous.get(k) != settings[k])
-            raise NestError(
-                f"{work} holds levels made with other settings ({', '.join(changed)});"
-                " delete it to start over, or rerun with the original settings to resume"
-            )
-        log.info("resuming from %s", work)
+    previous = json.loads(path.read_text()) if path.is_file() else None
+    distributed.barrier()  # every rank has looked before rank 0 writes
+    if previous is None:
+        if distributed.current().is_main:
+            work.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(settings, indent=2))
         return
-    work.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=2))
+    if previous != settings:
+        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        raise NestError(
+            f"{work} holds levels made with other settings ({', '.join(changed)});"
+            " delete it to start over, or rerun with the original settings to resume"
+        )
+    log.info("resuming from %s", work)
 
 
-def _load_teacher(run: PruneRun) -> NestNet:
+def _load_teacher(run: PruneRun, device: torch.device) -> NestNet:
     """The vanilla model (roadmap step 0), frozen, as the distillation teacher."""
-    teacher, _ = load_checkpoint(run.step_file(0))
+    teacher, _ = load_checkpoint(run.step_file(0), device)
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
@@ -196,19 +211,23 @@ def _finished_or_grown_level(
     """Load level ``level`` from the work dir if it finished before, else grow and save it."""
     path = work / f"level_{level}.pt"
     step = plan.steps[level]
-    if path.is_file():
-        model, meta = load_checkpoint(path)
+    device = resolve_device(config.device)
+    finished = path.is_file()
+    distributed.barrier()  # every rank has looked before rank 0 writes the level
+    if finished:  # re-measured here: the file is checked on this device
+        model, meta = load_checkpoint(path, device)
         result = LevelResult(level, step.step, plan.widths(level), model.count_params(),
-                             meta["val_accuracy"], meta["train_seconds"], resumed=True)
+                             evaluate(model, splits.val), meta["train_seconds"], resumed=True)
         return model, result
-    model = level_start_model(plan, level, previous)
+    model = level_start_model(plan, level, previous).to(device)
     seconds = 0.0
     if level > 0:
         seconds = _train_level(model, plan, level, splits, work, config, teacher)
     accuracy = evaluate(model, splits.val)
-    save_checkpoint(path, model, level=level, roadmap_step=step.step, val_accuracy=accuracy,
-                    train_seconds=seconds)
-    (work / f"level_{level}.train.pt").unlink(missing_ok=True)
+    if distributed.current().is_main:
+        save_checkpoint(path, model, level=level, roadmap_step=step.step,
+                        val_accuracy=accuracy, train_seconds=seconds)
+        (work / f"level_{level}.train.pt").unlink(missing_ok=True)
     result = LevelResult(level, step.step, plan.widths(level), model.count_params(), accuracy,
                          seconds, resumed=False)
     return model, result
@@ -237,7 +256,11 @@ def _train_level(
     config: RecoveryConfig,
     teacher: nn.Module | None,
 ) -> float:
-    """Train level ``level`` with the previous descendant's block frozen; returns seconds."""
+    """Train level ``level`` with the previous descendant's block frozen; returns seconds.
+
+    The block's gradient is zeroed after the backward pass (after DDP's all-reduce) and its
+    values restored after every optimizer step.
+    """
     freezer = Freezer(model, plan.widths(level - 1))
     train_config = TrainConfig(
         epochs=config.epochs_per_level,
@@ -248,13 +271,19 @@ def _train_level(
         threads=config.threads,
         progress=config.progress,
         checkpoint_path=str(work / f"level_{level}.train.pt"),
+        device=config.device,
+        amp=config.amp,
     )
     loss_fn = distillation_loss(teacher, config) if teacher is not None else None
     started = time.perf_counter()
-    try:
-        train(model, splits, train_config, after_step=freezer.restore, loss_fn=loss_fn)
-    finally:
-        freezer.release()
+    train(
+        model,
+        splits,
+        train_config,
+        before_step=freezer.mask_grads,
+        after_step=freezer.restore,
+        loss_fn=loss_fn,
+    )
     return time.perf_counter() - started
 
 
@@ -275,7 +304,7 @@ def distillation_loss(teacher: nn.Module, config: RecoveryConfig) -> LossFn:
 def _descendants(models: list[NestNet], levels: list[LevelResult]) -> list[NestDescendant]:
     return [
         NestDescendant(
-            state_dict=model.state_dict(),
+            state_dict={key: value.cpu() for key, value in model.state_dict().items()},
             config=model.config,
             val_accuracy=level.val_accuracy,
             roadmap_step=level.step,
@@ -300,14 +329,20 @@ def _nest_meta(run: PruneRun, plan: LevelPlan, splits: DatasetSplits, config: Re
     )
 
 
-def verify_from_file(path: Path, splits: DatasetSplits, levels: list[LevelResult]) -> list[float]:
-    """Re-measure every descendant loaded from ``path``; it must match the trained accuracy.
+def verify_from_file(
+    path: Path,
+    splits: DatasetSplits,
+    levels: list[LevelResult],
+    device: torch.device | str = "cpu",
+) -> list[float]:
+    """Re-measure every descendant loaded from ``path`` on ``device`` (where it was measured
+    when trained); it must match the trained accuracy.
 
     Equality shows that growing later levels left every smaller descendant untouched.
     """
     accuracies = []
     for level in levels:
-        accuracy = evaluate(load_descendant(path, level.level), splits.val)
+        accuracy = evaluate(load_descendant(path, level.level).to(device), splits.val)
         if accuracy != level.val_accuracy:
             raise RuntimeError(
                 f"descendant {level.level} of {path} scores {accuracy:.4%} on the validation"

@@ -9,7 +9,7 @@ import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from nestdnn.data import DatasetSplits
+from nestdnn.data import DEFAULT_WORKERS, DatasetSplits
 from nestdnn.errors import NestError
 from nestdnn.models import ModelConfig
 from pruning.roadmap import ROADMAP_FILE, Roadmap, RoadmapStep, load_roadmap
@@ -60,12 +60,16 @@ def open_prune_run(prune_dir: str | Path) -> PruneRun:
 
 
 def load_run_splits(
-    run: PruneRun, dataset: str | None = None, data_dir: str | Path | None = None
+    run: PruneRun,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    workers: int = DEFAULT_WORKERS,
 ) -> DatasetSplits:
-    """The data set (and train/val split) the roadmap records, optionally from elsewhere."""
+    """The data set (and train/val split) the roadmap records, optionally from elsewhere
+    (``workers`` decode it if it is a streamed image folder)."""
     spec = run.roadmap.dataset
     if dataset is not None:
         spec = replace(spec, name=dataset)
     if data_dir is not None:
         spec = replace(spec, data_dir=str(data_dir))
-    return spec.load()
+    return spec.load(workers=workers)

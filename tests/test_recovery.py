@@ -118,7 +118,7 @@ def tiny_vgg() -> nn.Module:
 
 
 def train_steps(
-    model: nn.Module, optimizer: torch.optim.Optimizer, after_step, steps: int = 6
+    model: nn.Module, optimizer: torch.optim.Optimizer, before_step, after_step, steps: int = 6
 ) -> None:
     gen = torch.Generator().manual_seed(1)
     model.train()
@@ -126,6 +126,7 @@ def train_steps(
         x, y = torch.randn(8, 3, 8, 8, generator=gen), torch.randint(0, 4, (8,), generator=gen)
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
+        before_step()
         optimizer.step()
         after_step()
 
@@ -136,7 +137,7 @@ def test_frozen_blocks_stay_bit_identical_and_the_rest_trains(name: str) -> None
     frozen_widths = {g: 3 for g in model.groups()}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     freezer = Freezer(model, frozen_widths)
-    train_steps(model, OPTIMIZERS[name](model.parameters()), freezer.restore)
+    train_steps(model, OPTIMIZERS[name](model.parameters()), freezer.mask_grads, freezer.restore)
     axes = model.param_axes()
     for key, param in model.named_parameters():
         if param.dim() < 2:
@@ -148,21 +149,20 @@ def test_frozen_blocks_stay_bit_identical_and_the_rest_trains(name: str) -> None
         assert not torch.equal(param[outside], before[key][outside]), f"{key} did not train"
 
 
-def test_frozen_grads_are_zero_until_released_and_restoring_undoes_weight_decay() -> None:
+def test_masked_grads_are_zero_in_the_block_and_restoring_undoes_weight_decay() -> None:
     model = tiny_vgg()
     frozen_widths = {g: 3 for g in model.groups()}
     conv = model.features[0].weight
     before = conv.detach().clone()
     freezer = Freezer(model, frozen_widths)
     optimizer = OPTIMIZERS["sgd-momentum-wd"](model.parameters())
-    train_steps(model, optimizer, after_step=lambda: None, steps=1)
+    train_steps(model, optimizer, lambda: None, lambda: None, steps=1)
+    assert conv.grad[:3].abs().sum() > 0  # nothing is masked unless asked
+    train_steps(model, optimizer, freezer.mask_grads, lambda: None, steps=1)
     assert conv.grad[:3].abs().sum() == 0 and conv.grad[3:].abs().sum() > 0
     assert not torch.equal(conv[:3], before[:3])  # zero gradients alone: weight decay moves it
     freezer.restore()
     assert torch.equal(conv[:3], before[:3])
-    freezer.release()
-    train_steps(model, optimizer, after_step=lambda: None, steps=1)
-    assert conv.grad[:3].abs().sum() > 0
 
 
 # --- recovery end to end (a real pruning run on generated data) -----------------------------
@@ -189,7 +189,7 @@ def prune_tiny(tmp: Path, arch: str, splits: DatasetSplits, synthetic: Synthetic
     save_checkpoint(tmp / "vanilla.pt", vanilla)
     spec = DataSpec("synthetic", input_size=16, synthetic=synthetic)
     settings = PruneSettings(criterion="l1", ratio=0.2, min_accuracy=0.0, retrain_epochs=0.25,
-                             batch_size=32)
+                             batch_size=32, min_retrain_steps=0)
     prune(vanilla, splits, PruneJob(tmp / "vanilla.pt", tmp / "prune", spec, settings),
           max_steps=3)
     return open_prune_run(tmp / "prune")
