@@ -1,4 +1,8 @@
-"""Top-1 accuracy of every descendant on the test split of the model's data set, batched."""
+"""Top-1 accuracy of every descendant on the test split of the model's data set, batched.
+
+The accuracy pass runs on any device (``--device``); a large image folder's test split is
+streamed (decoded per batch), as `nestdnn train` would.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +14,35 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from nestdnn.data import SyntheticConfig, load_dataset
+from nestdnn.data import (
+    DEFAULT_WORKERS,
+    ImageData,
+    StreamingImages,
+    SyntheticConfig,
+    load_dataset,
+    wants_streaming,
+)
 from nestdnn.errors import NestError
 from nestdnn.nested import load_descendant
 from nestdnn.nestfile import Manifest
+from nestdnn.training import evaluate
 
 log = logging.getLogger(__name__)
 
 NORMALIZATION_TOLERANCE = 1e-4
 
 
-def load_test_split(manifest: Manifest, dataset: str, data_dir: str | Path | None) -> TensorDataset:
+def load_test_split(
+    manifest: Manifest,
+    dataset: str,
+    data_dir: str | Path | None,
+    workers: int = DEFAULT_WORKERS,
+) -> ImageData:
     """The test split of ``dataset`` as the model sees it: its classes, size and normalisation.
 
     The split is resized to the model's input size, restricted to the model's classes (in the
-    model's order, by name), and normalised with the manifest's mean/std.
+    model's order, by name), and normalised with the manifest's mean/std. An image folder too
+    large for memory is streamed (``workers`` processes decode it).
     """
     arch = manifest.arch
     splits = load_dataset(
@@ -35,16 +53,28 @@ def load_test_split(manifest: Manifest, dataset: str, data_dir: str | Path | Non
         synthetic=SyntheticConfig(
             num_classes=arch.num_classes, in_channels=arch.in_channels, input_size=arch.input_size
         ),
+        streaming=wants_streaming(dataset, data_dir, arch.input_size),
+        workers=workers,
     )
     if (splits.in_channels, splits.num_classes) != (arch.in_channels, arch.num_classes):
         raise NestError(
             f"{dataset} has {splits.in_channels}-channel images in {splits.num_classes} classes;"
             f" the model expects {arch.in_channels} channels and {arch.num_classes} classes"
         )
-    images, labels = splits.test.tensors
     wanted = (manifest.normalization.mean, manifest.normalization.std)
+    if isinstance(splits.test, StreamingImages):
+        _check_channels(splits.test.mean, wanted[0])
+        return splits.test.with_normalisation(*wanted)
+    images, labels = splits.test.tensors
     images = renormalise(images, (splits.mean, splits.std), wanted)
     return TensorDataset(images, labels)
+
+
+def _check_channels(current: Sequence[float], wanted: Sequence[float]) -> None:
+    if len(current) != len(wanted):
+        raise NestError(
+            f"the model is normalised over {len(wanted)} channels, the data has {len(current)}"
+        )
 
 
 def renormalise(
@@ -68,31 +98,28 @@ def renormalise(
     return (images * cur_std + cur_mean - new_mean) / new_std
 
 
-def accuracy(model: nn.Module, test: TensorDataset, batch_size: int) -> float:
-    """Top-1 accuracy of ``model`` (eval mode, inference mode) on ``test``."""
-    images, labels = test.tensors
-    if len(images) == 0:
+def accuracy(
+    model: nn.Module, test: ImageData, batch_size: int, device: torch.device | str = "cpu"
+) -> float:
+    """Top-1 accuracy of ``model`` (eval mode, inference mode) on ``test``, on ``device``."""
+    if len(test) == 0:
         raise NestError("the test split is empty")
-    model.eval()
-    correct = 0
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            logits = model(images[start : start + batch_size])
-            correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
-    return correct / len(images)
+    return evaluate(model.to(device).eval(), test, batch_size)
 
 
 def descendant_accuracies(
     nest_path: Path,
     indices: Sequence[int],
-    test: TensorDataset,
+    test: ImageData,
     batch_size: int = 256,
     after_each: Callable[[], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> list[float]:
-    """Test accuracy of each descendant in ``indices``, each loaded with ``load_descendant``."""
+    """Test accuracy of each descendant in ``indices``, each loaded with ``load_descendant``,
+    on ``device``."""
     accuracies = []
     for k in indices:
-        accuracies.append(accuracy(load_descendant(nest_path, k), test, batch_size))
+        accuracies.append(accuracy(load_descendant(nest_path, k), test, batch_size, device))
         if after_each is not None:
             after_each()
     return accuracies

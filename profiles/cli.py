@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from nestdnn.errors import NestError
 from profiles.latency import LatencySettings
 from profiles.schema import BACKENDS, Backend, load_profile, save_profile
 from profiles.table import format_table
+
+log = logging.getLogger(__name__)
 
 
 def configure_profile(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +42,12 @@ def configure_profile(parser: argparse.ArgumentParser) -> None:
         "--memory-runs", type=int, default=5, help="inferences before reading the peak RSS"
     )
     parser.add_argument("--batch-size", type=int, default=256, help="batch size for accuracy")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where the accuracy pass runs: auto|cpu|cuda|cuda:N|mps (auto: CUDA, then MPS,"
+        " then the CPU); latency and memory are always measured on the CPU",
+    )
     parser.add_argument("--out", type=Path, help="profile to write (default: MODEL.profile.json)")
     parser.add_argument("--plot", type=Path, help="also draw accuracy vs latency/memory (PNG)")
     parser.add_argument(
@@ -56,9 +65,12 @@ def run_profile(args: argparse.Namespace) -> int:
         return check_profile(args.check)
     if args.model is None:
         raise NestError("give a .nest file to profile (or --check PROFILE)")
+    from nestdnn.device import describe_choice, resolve_device
     from profiles.plot import plot_profile
     from profiles.profiler import ProfileSettings, profile_nest
 
+    device = resolve_device(args.device)
+    log.info(describe_choice(device, args.device))
     settings = ProfileSettings(
         backends=args.backends,
         latency=LatencySettings(
@@ -67,6 +79,7 @@ def run_profile(args: argparse.Namespace) -> int:
         memory_runs=args.memory_runs,
         batch_size=args.batch_size,
         progress=sys.stderr.isatty() if args.progress is None else args.progress,
+        device=str(device),
     )
     profile = profile_nest(args.model, args.dataset, args.data_dir, settings)
     out = args.out or default_profile_path(args.model)

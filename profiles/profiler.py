@@ -61,6 +61,7 @@ class ProfileSettings:
     memory_runs: int = 5
     batch_size: int = 256
     progress: bool = False
+    device: str = "cpu"  # where the accuracy pass runs (latency and memory: always the CPU)
 
     def validate(self) -> None:
         self.latency.validate()
@@ -136,7 +137,7 @@ def profile_nest(
         test = load_test_split(manifest, dataset, data_dir)
         accuracy_stage = progress.stage(len(indices), "accuracy")
         accuracies = descendant_accuracies(
-            nest_path, indices, test, settings.batch_size, accuracy_stage.step
+            nest_path, indices, test, settings.batch_size, accuracy_stage.step, settings.device
         )
         memory = measure_memories(nest_path, indices, backends, tflite_paths, settings, progress)
         measured = {

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
+
     from nestdnn.data import DataSpec
+    from nestdnn.distributed import Rank
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +26,18 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         DEFAULT_SYNTHETIC_SAMPLES,
         DEFAULT_VAL_FRACTION,
         FASHION_MNIST_DIR,
+        LOADERS,
+        MEMORY_LIMIT_BYTES,
     )
+    from nestdnn.distributed import add_compute_options
     from nestdnn.models import ARCHS
 
     parser.description = (
         "Train a vanilla model. Writes OUT/vanilla.pt (config + state_dict, loadable with"
         " weights_only=True), OUT/train.json (accuracy, params, MACs, time) and a resumable"
         " OUT/train_state.pt after every epoch: rerunning the same command after an"
-        " interruption continues from the last finished epoch."
+        " interruption continues from the last finished epoch. Under torchrun (or with"
+        " --nproc N) the processes share every batch and only rank 0 writes."
     )
     model = parser.add_argument_group("model")
     model.add_argument("--arch", required=True, help=f"one of: {', '.join(ARCHS)}")
@@ -60,6 +67,14 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         "--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, help="held out from train"
     )
     data.add_argument("--input-size", type=int, help="resize images to this square size")
+    data.add_argument(
+        "--loader",
+        choices=LOADERS,
+        default="auto",
+        help="hold the data in memory, or stream an image folder (decoded per batch by"
+        f" --workers processes); auto streams an image folder over"
+        f" {MEMORY_LIMIT_BYTES >> 30} GiB as float32 tensors. Later stages follow the record",
+    )
     data.add_argument(
         "--synthetic-classes", type=int, default=10, help="synthetic data: number of classes"
     )
@@ -96,13 +111,21 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar (default: when stderr is a terminal)",
+        help="progress bars for epochs and steps (default: when stderr is a terminal)",
     )
+    add_compute_options(parser)
     parser.add_argument("--out", required=True, type=Path, help="output directory")
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from nestdnn.distributed import run_stage
+
+    return run_stage(args, lambda device, rank: _train(args, device, rank))
+
+
+def _train(args: argparse.Namespace, device: torch.device, rank: Rank) -> int:
     import torch
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from nestdnn.checkpoint import save_checkpoint
     from nestdnn.data import data_meta
@@ -123,10 +146,12 @@ def run_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=args.progress,
         checkpoint_path=str(args.out / "train_state.pt"),
+        device=str(device),
+        amp=args.amp,
     )
     config.validate()
     spec = data_spec(args)
-    splits = spec.load()
+    splits = spec.load(workers=args.workers)
     widths = None
     if args.widths is not None:
         widths = default_widths(args.arch, splits.input_size, args.width_mult) | args.widths
@@ -141,9 +166,13 @@ def run_train(args: argparse.Namespace) -> int:
     )
     params, macs = model.count_params(), model.count_macs()
     log.info("%s: %.3f M params, %.2f M MACs", args.arch, params / 1e6, macs / 1e6)
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = train(model, splits, config)
+    if rank.is_main:
+        args.out.mkdir(parents=True, exist_ok=True)
+    with logging_redirect_tqdm():
+        result = train(model, splits, config)
     test_accuracy = evaluate(model, splits.test, config.eval_batch_size)
+    if not rank.is_main:
+        return 0
     # enough to reload the same split later (pruning must not see the validation data)
     data = data_meta(spec, splits)
     accuracy = {"val_accuracy": result.val_accuracy, "test_accuracy": test_accuracy}
@@ -157,6 +186,9 @@ def run_train(args: argparse.Namespace) -> int:
         "macs": macs,
         "train_seconds": round(result.seconds, 1),
         "wall_seconds": round(time.perf_counter() - started, 1),
+        "device": result.device,
+        "amp": result.amp,
+        "processes": result.processes,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "train_config": asdict(config),
@@ -172,8 +204,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def data_spec(args: argparse.Namespace) -> DataSpec:
-    """The data set and split the command line asks for (the split seed is --seed)."""
-    from nestdnn.data import DataSpec, SyntheticConfig
+    """The data set and split the command line asks for (the split seed is --seed); an image
+    folder streams if --loader says so, or by size (see `wants_streaming`)."""
+    from nestdnn.data import DataSpec, SyntheticConfig, wants_streaming
 
     synthetic = None
     if args.dataset == "synthetic":
@@ -183,6 +216,7 @@ def data_spec(args: argparse.Namespace) -> DataSpec:
             in_channels=args.synthetic_channels,
             input_size=args.input_size or SyntheticConfig.input_size,
         )
+    large = wants_streaming(args.dataset, args.data_dir, args.input_size)
     return DataSpec(
         name=args.dataset,
         data_dir=args.data_dir or None,
@@ -191,6 +225,7 @@ def data_spec(args: argparse.Namespace) -> DataSpec:
         val_fraction=args.val_fraction,
         seed=args.seed,
         synthetic=synthetic,
+        streaming=args.loader == "stream" or (args.loader == "auto" and large),
     )
 
 
