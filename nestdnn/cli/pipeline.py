@@ -42,7 +42,8 @@ class PipelinePlan:
     accuracy_drop: float = 0.03  # the seed may lose this much validation accuracy vs vanilla
     min_accuracy: float | None = None  # an absolute floor instead of accuracy_drop
     prune_round_to: int = 1  # keep pruned widths a multiple of this
-    profile_backends: str = "torch"
+    prune_min_retrain_steps: int | None = None  # fine-tuning floor (default: the CLI's)
+    profile_backends: str = "torch,onnxruntime"  # the daemon serves onnxruntime by default
     profile_runs: int = 50
     threads: int | None = None  # training threads (default: the CLI's)
 
@@ -102,6 +103,8 @@ def pipeline_stages(plan: PipelinePlan, dirs: PipelineDirs) -> list[Stage]:
     """The four stages of ``plan`` writing under ``dirs``, in order."""
     threads = ["--threads", str(plan.threads)] if plan.threads else []
     dataset = list(plan.data_args[:2])  # later stages read the rest from the checkpoint
+    floor = plan.prune_min_retrain_steps
+    min_retrain_steps = [] if floor is None else ["--min-retrain-steps", str(floor)]
 
     def train() -> list[str]:
         return [
@@ -116,7 +119,7 @@ def pipeline_stages(plan: PipelinePlan, dirs: PipelineDirs) -> list[Stage]:
             "--min-accuracy", str(seed_accuracy_floor(plan, dirs)),
             "--ratio", str(plan.prune_ratio), "--retrain-epochs", str(plan.prune_retrain_epochs),
             "--max-steps", str(plan.prune_max_steps), "--round-to", str(plan.prune_round_to),
-            *threads, "--out", str(dirs.prune),
+            *min_retrain_steps, *threads, "--out", str(dirs.prune),
         ]  # fmt: skip
 
     def recover() -> list[str]:
