@@ -177,7 +177,7 @@ def test_apps_on_the_same_model_share_one_resident_and_swap_by_pointer(
                   budget, swapping=False, hold=no_jobs)
     assert len(ledger.steps) == steps + 2  # the limit, restated: no load, no free
     assert [manager.info(a).descendant for a in "abc"] == [0, 2, 0]
-    assert manager.resident_key("a") == manager.resident_key("c") == ("cam", 0)
+    assert manager.resident_key("a") == manager.resident_key("c") == ("cam", 0, "")
     for app in "abc":
         manager.forget(app)
     assert manager.accounted_bytes == 0  # the last app of a model frees its residents
@@ -839,5 +839,21 @@ def test_a_third_app_on_the_same_model_shares_the_resident_and_needs_no_downgrad
     assert [a.descendant for a in snap.apps] == [2, 2, 2]
     assert snap.accounted_bytes == cam[2]
     for app in apps:
+        rt.unregister(app.id)
+    assert rt.snapshot().accounted_bytes == 0
+
+
+def test_without_sharing_every_app_holds_its_own_copy(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime]
+) -> None:
+    """The comparison point of shared residency: apps that each load their own model."""
+    cam = sizes(catalogue, "cam")
+    rt = make_runtime(3 * cam[2], sharing=False)
+    apps = [rt.register(AppSpec(model="cam", fps=5.0)) for _ in range(3)]
+    snap = rt.snapshot()
+    assert [a.descendant for a in snap.apps] == [2, 2, 2]
+    assert snap.accounted_bytes == 3 * cam[2]
+    for app in apps:
+        assert rt.submit(app.id, frame_for(catalogue, "cam")).result(timeout=60).descendant == 2
         rt.unregister(app.id)
     assert rt.snapshot().accounted_bytes == 0

@@ -54,8 +54,9 @@ log = logging.getLogger(__name__)
 Hold = Callable[[str], AbstractContextManager[None]]
 LedgerObserver = Callable[[int, int, str], None]
 """Called with (accounted bytes, limit, what changed) after every change of the ledger."""
-Key = tuple[str, int]
-"""A resident: (model name, descendant index)."""
+Key = tuple[str, int, str]
+"""A resident: (model name, descendant index, owner): the owner is "" for a resident apps
+share, and the app's id when the manager runs without sharing (one copy per app)."""
 
 
 class BudgetViolation(RuntimeError):
@@ -84,7 +85,8 @@ class _Resident:
 
     @property
     def name(self) -> str:
-        return f"{self.key[0]}:d{self.key[1]}"
+        owner = f" of {self.key[2]}" if self.key[2] else ""
+        return f"{self.key[0]}:d{self.key[1]}{owner}"
 
 
 @dataclass(eq=False)
@@ -99,9 +101,11 @@ class _App:
     switches: int = 0
     loads: int = 0
 
+    owner: str = ""
+
     @property
     def target_key(self) -> Key:
-        return (self.entry.name, self.target)
+        return (self.entry.name, self.target, self.owner)
 
 
 @dataclass(frozen=True)
@@ -119,9 +123,11 @@ class ModelManager:
 
     def __init__(self, backend: InferenceBackend, memory_budget_bytes: int,
                  observer: LedgerObserver | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
-        """``clock`` times the backend's compute of a batch (tests give a model's)."""
+                 clock: Callable[[], float] = time.perf_counter, sharing: bool = True) -> None:
+        """``clock`` times the backend's compute of a batch (tests give a model's);
+        ``sharing=False`` gives every app its own copy (what apps without a daemon do)."""
         self._backend = backend
+        self._sharing = sharing
         self._clock = clock
         self._limit = memory_budget_bytes
         self._observer = observer
@@ -198,7 +204,8 @@ class ModelManager:
         app = self._apps.get(app_id)
         if app is None:
             memory = [d.memory_bytes for d in self._backend.descendants(target.entry)]
-            self._apps[app_id] = _App(target.entry, target.descendant, memory)
+            self._apps[app_id] = _App(target.entry, target.descendant, memory,
+                                      owner="" if self._sharing else app_id)
         else:
             app.target = target.descendant
 
@@ -280,7 +287,8 @@ class ModelManager:
         if not self._backend.switches_in_place:
             return None
         for resident in self._residents.values():
-            if (resident.key[0] == key[0] and resident.model is not None and not resident.busy
+            if (resident.key[0::2] == key[0::2] and resident.model is not None
+                    and not resident.busy
                     and resident.users and resident.users <= set(users)):
                 return resident
         return None
@@ -445,10 +453,10 @@ class ModelManager:
         if old is not None:
             old.users.discard(app_id)
             self._settle(old)
-        if not any(a.entry.name == app.entry.name for a in self._apps.values()):
-            for resident in [r for r in self._residents.values()
-                             if r.key[0] == app.entry.name and not r.users and not r.busy]:
-                self._free(resident, f"{resident.name}: {why}, last app of its model")
+        last = not any(a.entry.name == app.entry.name for a in self._apps.values())
+        for resident in [r for r in self._residents.values() if not r.users and not r.busy
+                         and (r.key[2] == app_id or (last and r.key[0] == app.entry.name))]:
+            self._free(resident, f"{resident.name}: {why}, no app of its model can use it")
 
     def _settle(self, resident: _Resident) -> None:
         """A resident that lost a user: kept as a warm rung if idle (evicted when room is

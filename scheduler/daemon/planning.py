@@ -59,6 +59,7 @@ def plan(
     switch_tolerance: float,
     current: Solution | None,
     latency_scale: Mapping[str, float] | None = None,
+    sharing: bool = True,
 ) -> Solution:
     """The switch-aware plan for ``apps``; raises `Infeasible` (with bytes missing) if none fits.
 
@@ -69,7 +70,8 @@ def plan(
     allowed = {app.id: allowed_descendants(app, backend) for app in apps}
     problem = Problem(
         apps=[_problem_app(app, backend, allowed[app.id],
-                           (latency_scale or {}).get(app.entry.name, 1.0)) for app in apps],
+                           (latency_scale or {}).get(app.entry.name, 1.0), sharing)
+              for app in apps],
         memory_budget_bytes=memory_budget_bytes,
         alpha=alpha,
         share_step=share_step,
@@ -89,14 +91,14 @@ def plan(
 
 
 def _problem_app(app: PlannedApp, backend: InferenceBackend, allowed: list[int],
-                 scale: float) -> App:
+                 scale: float, sharing: bool) -> App:
     """The app as the optimiser sees it: latencies scaled to the machine's speed now, and each
     descendant named by its resident (``model#k``), so that apps sharing it count its bytes
     once."""
     table = backend.descendants(app.entry)
-    descendants = [table[k].model_copy(update={"latency_s": table[k].latency_s * scale,
-                                               "id": f"{app.entry.name}#{k}"})
-                   for k in allowed]
+    descendants = [table[k].model_copy(update={
+        "latency_s": table[k].latency_s * scale,
+        "id": f"{app.entry.name}#{k}" if sharing else None}) for k in allowed]
     return App(name=app.id, target_latency_s=app.spec.latency_target_s,
                priority=app.spec.priority, descendants=descendants)
 

@@ -98,7 +98,8 @@ class Runtime:
         self.settings = settings
         self._backend = backend or make_backend(settings.backend, settings.threads)
         self._manager = ModelManager(self._backend, settings.memory_budget_bytes,
-                                     observer=ledger_observer, clock=clock)
+                                     observer=ledger_observer, clock=clock,
+                                     sharing=settings.sharing)
         self._executor = Executor(self._manager.run, queue_size=settings.queue_size,
                                   overflow=settings.overflow,
                                   on_start=self._backend.on_worker_start,
@@ -107,7 +108,7 @@ class Runtime:
         self._speed = SpeedTracker(self._profiled_latency, settings.drift_threshold,
                                    on_drift=self._replan_for_speed)
         self._executor.on_batch = lambda key, frames, result: self._speed.observe(
-            key, frames, result.compute_s)
+            None if key is None else key[:2], frames, result.compute_s)
         self._drift_replan: threading.Thread | None = None
         self._drift_lock = threading.Lock()
         self._committed = _Committed(settings.policy, settings.method, settings.alpha,
@@ -436,7 +437,7 @@ class Runtime:
                     alpha=settings.alpha, memory_budget_bytes=settings.memory_budget_bytes,
                     share_step=self.settings.share_step,
                     switch_tolerance=self.settings.switch_tolerance, current=settings.solution,
-                    latency_scale=self._speed.scales())
+                    latency_scale=self._speed.scales(), sharing=self.settings.sharing)
 
     def _apply(self, apps: Mapping[str, _App], solution: Solution | None, budget: int) -> None:
         """Serve exactly the plan's apps: apps leaving it lose their queue, apps joining it

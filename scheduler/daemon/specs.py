@@ -154,6 +154,9 @@ class RuntimeSettings:
     share_step: float = 0.01
     batching: bool = True
     """Frames queued for one resident descendant may run as one batch (when that pays)."""
+    sharing: bool = True
+    """Apps on the same descendant of a model share one loaded copy (off: one copy per app,
+    as apps that each load their own model would hold; for comparisons)."""
 
     def __post_init__(self) -> None:
         check_policy(self.policy, self.method, self.alpha, self.memory_budget_bytes)
