@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from api.auth import ADMIN_TOKEN_ENV, REGISTRATION_TOKEN_ENV
 from nestdnn.errors import NestError
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ def nestdnn_command() -> list[str]:
 
 
 class ServeProcess:
-    """A `nestdnn serve` child on 127.0.0.1; a context manager that stops it gracefully."""
+    """A `nestdnn serve` child on 127.0.0.1 with the given admin (and registration) token; a
+    context manager that stops it gracefully."""
 
     def __init__(
         self,
@@ -34,13 +36,20 @@ class ServeProcess:
         log_path: Path,
         *,
         admin_token: str,
+        registration_token: str | None = None,
         extra_args: Sequence[str] = (),
+        source: Path | None = None,
     ) -> None:
+        """``source``: another checkout of the project to run the daemon from (``python -m
+        nestdnn.cli`` in that directory), e.g. to measure an older commit."""
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self.admin_token = admin_token
+        self.registration_token = registration_token
+        self.source = source
+        command = nestdnn_command() if source is None else [sys.executable, "-m", "nestdnn.cli"]
         self.argv = [
-            *nestdnn_command(),
+            *command,
             "serve",
             "--models",
             str(models),
@@ -60,10 +69,12 @@ class ServeProcess:
     def start(self, timeout_s: float = 120.0) -> ServeProcess:
         """Start the daemon and wait until /healthz answers."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "NESTDNN_ADMIN_TOKEN": self.admin_token}
+        env = {**os.environ, ADMIN_TOKEN_ENV: self.admin_token}
+        if self.registration_token:
+            env[REGISTRATION_TOKEN_ENV] = self.registration_token
         with self.log_path.open("wb") as sink:
             self.process = subprocess.Popen(
-                self.argv, stdout=sink, stderr=subprocess.STDOUT, env=env
+                self.argv, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=self.source
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -1,15 +1,21 @@
-"""`make fuzz`: schemathesis against a live `nestdnn serve` on loopback; zero 5xx allowed.
+"""`make fuzz`: schemathesis against a live `nestdnn serve` on loopback: zero 5xx, and every
+answer conforms to the served OpenAPI document.
 
 Starts the daemon (small sample models, a temporary state dir) in a subprocess, registers a
 few apps, then generates requests for every operation of the served OpenAPI schema with
 schemathesis (positive and negative data). Operations on `/v1/apps/{app_id}` get, in turn, a
 live app id with its own token, the admin token, another app's token, no token, or the
-generated id, so that the authorised paths are reached too. Fails on any 5xx, on a request
-left unanswered for 30 s (fuzzing stops there), on a 5xx counted by the daemon's /metrics, or
-if afterwards the daemon does not answer /healthz or cannot register and unregister an app.
-Prints the number of generated requests (at least --min-requests, default 500).
+generated id; registering gets the registration token, the admin token, an app's token or
+none; the schedule the admin token, an app's token or none; so the authorised paths are
+reached too. Every answer is checked by schemathesis: no server error, a documented status,
+a documented content type, a body that validates against the documented schema, the
+documented headers, and negative data rejected with a 4xx. Fails on any 5xx, any
+conformance failure, on a request left unanswered for 30 s (fuzzing stops there), on a 5xx
+counted by the daemon's /metrics, or if afterwards the daemon does not answer /healthz or
+cannot register and unregister an app. Prints the number of generated requests (at least
+--min-requests, default 2000).
 
-    .venv/bin/python benchmarks/fuzz_api.py [--examples 100] [--seed 0]
+    .venv/bin/python benchmarks/fuzz_api.py [--examples 300] [--seed 0]
 """
 
 from __future__ import annotations
@@ -31,6 +37,15 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,9 +56,18 @@ from profiles.synthetic import synthetic_models_dir  # noqa: E402
 
 log = logging.getLogger("fuzz_api")
 ADMIN_TOKEN = "fuzz-admin-token"
+REGISTRATION_TOKEN = "fuzz-registration-token"
 RAW_TYPES = ["application/x-npy", "image/png", "image/jpeg"]
 AUTH_MODES = ("own", "admin", "other", "none", "generated")
 REQUEST_TIMEOUT_S = 30
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+    negative_data_rejection,
+]
 
 
 class Unanswered(Exception):
@@ -58,6 +82,7 @@ class Tally:
     by_operation: Counter = field(default_factory=Counter)
     by_status: Counter = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    nonconforming: list[str] = field(default_factory=list)
 
 
 class Apps:
@@ -89,7 +114,13 @@ def start_server(models: Path, state: Path, port: int, log_path: Path) -> ServeP
     """Start `nestdnn serve` on loopback and wait for /healthz."""
     options = ["--memory-budget", "64MiB", "--max-body", "1MiB"]
     server = ServeProcess(
-        models, state, port, log_path, admin_token=ADMIN_TOKEN, extra_args=options
+        models,
+        state,
+        port,
+        log_path,
+        admin_token=ADMIN_TOKEN,
+        registration_token=REGISTRATION_TOKEN,
+        extra_args=options,
     )
     return server.start()
 
@@ -99,6 +130,10 @@ def auth_for(mode: str, path: str, apps: Apps, rng: random.Random) -> tuple[dict
     ids = sorted(apps.tokens)
     app_id = rng.choice(ids)
     other = apps.tokens[next(i for i in ids if i != app_id)]
+    if "{app_id}" not in path:  # registering, the schedule and the read-only views
+        tokens = {"own": REGISTRATION_TOKEN, "admin": ADMIN_TOKEN, "other": other}
+        token = tokens.get(mode, REGISTRATION_TOKEN if mode == "generated" else None)
+        return {}, {"Authorization": f"Bearer {token}"} if token else {}
     by_mode = {
         "own": ({"app_id": app_id}, {"Authorization": f"Bearer {apps.tokens[app_id]}"}),
         "admin": ({"app_id": app_id}, {"Authorization": f"Bearer {ADMIN_TOKEN}"}),
@@ -106,11 +141,7 @@ def auth_for(mode: str, path: str, apps: Apps, rng: random.Random) -> tuple[dict
         "none": ({"app_id": app_id}, {}),
         "generated": ({}, {"Authorization": f"Bearer {apps.tokens[app_id]}"}),
     }
-    params, headers = by_mode[mode]
-    if "{app_id}" not in path:
-        params = {}
-        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if mode != "none" else {}
-    return params, headers
+    return by_mode[mode]
 
 
 def fuzz_operation(
@@ -157,6 +188,14 @@ def fuzz_operation(
         if response.status_code >= 500:
             text = response.content[:300].decode(errors="replace")
             tally.failures.append(f"{label} [{mode}] -> {response.status_code}: {text}")
+        try:
+            case.validate_response(response, checks=CHECKS, headers=headers)
+        except FailureGroup as group:
+            for failure in group.exceptions:
+                tally.nonconforming.append(
+                    f"{label} [{mode}] -> {response.status_code}: {failure.title}: "
+                    f"{failure.message.strip()[:300]}"
+                )
         if operation.method.upper() == "DELETE" and response.status_code == 204:
             apps.top_up()
 
@@ -178,7 +217,7 @@ def server_5xx(base_url: str) -> int:
 
 def fuzz_all(base_url: str, tally: Tally, examples: int, seed: int) -> None:
     """Fuzz every operation of the served schema, in order; stops at an unanswered request."""
-    with DaemonClient(base_url, admin_token=ADMIN_TOKEN) as api:
+    with DaemonClient(base_url, registration_token=REGISTRATION_TOKEN) as api:
         apps = Apps(api, "fuzz")
         schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
         for index, result in enumerate(schema.get_all_operations()):
@@ -198,7 +237,9 @@ def fuzz_all(base_url: str, tally: Tally, examples: int, seed: int) -> None:
 def health_problems(base_url: str) -> list[str]:
     """Whether the daemon still answers, counts no 5xx and still takes an app (within 30 s)."""
     try:
-        with DaemonClient(base_url, timeout=REQUEST_TIMEOUT_S) as api:
+        with DaemonClient(
+            base_url, timeout=REQUEST_TIMEOUT_S, registration_token=REGISTRATION_TOKEN
+        ) as api:
             api.health()
             app = api.register("fuzz", target_latency_ms=100, name="after")
             api.unregister(app.id)
@@ -214,21 +255,28 @@ def report(tally: Tally, problems: list[str], log_tail: str, min_requests: int) 
     for label, count in sorted(tally.by_operation.items()):
         print(f"  {count:5d}  {label}")
     print("status counts: " + ", ".join(f"{s}: {n}" for s, n in sorted(tally.by_status.items())))
-    problems = tally.failures + problems
+    server_errors = sum(n for s, n in tally.by_status.items() if s >= 500)
+    print(f"5xx: {server_errors}; conformance failures: {len(tally.nonconforming)}")
+    problems = tally.failures + tally.nonconforming + problems
     if tally.requests < min_requests:
         problems.append(f"only {tally.requests} requests (< {min_requests})")
     if problems:
-        print("FAILED:\n  " + "\n  ".join(problems[:20]))
+        print(f"FAILED ({len(problems)}):\n  " + "\n  ".join(problems[:20]))
         print("daemon log tail:\n" + log_tail)
         return 1
-    print("OK: zero 5xx; afterwards the daemon answers /healthz and registers an app")
+    print(
+        "OK: zero 5xx, every answer conforms to the OpenAPI document; afterwards the daemon "
+        "answers /healthz and registers an app"
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--examples", type=int, default=100, help="generated cases per operation")
-    parser.add_argument("--min-requests", type=int, default=500)
+    parser.add_argument(
+        "--examples", type=int, default=300, help="generated cases per operation (at most)"
+    )
+    parser.add_argument("--min-requests", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
