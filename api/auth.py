@@ -25,6 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from nestdnn.errors import NestError
 from nestdnn.files import atomic_write
+from scheduler.daemon import UnknownApp
 
 log = logging.getLogger(__name__)
 
@@ -225,14 +226,14 @@ def check_app_token(
     auth: Authenticator, app_id: str, credentials: HTTPAuthorizationCredentials | None
 ) -> Caller:
     """The caller if the credentials are that app's token or the admin token; else 401 (no
-    token), 404 (no such app) or 403 (another token), as an HTTPException."""
+    token) or 403 (another token) as an HTTPException, or `UnknownApp` (404)."""
     token = _token(credentials)
     if auth.store.verify(app_id, token):
         return Caller(app_id, admin=False)
     if auth.is_admin(token):
         return Caller(app_id, admin=True)
     if not auth.app_exists(app_id):
-        raise HTTPException(status_code=404, detail=f"no app with id {app_id!r}")
+        raise UnknownApp(f"no app with id {app_id!r}")
     raise HTTPException(status_code=403, detail=f"this token does not belong to app {app_id!r}")
 
 

@@ -109,7 +109,7 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         type=Path,
         default=default_state_dir(),
-        help="apps, token hashes and the admin token are kept here",
+        help="apps, token hashes, the admin and registration tokens are kept here",
     )
     parser.add_argument("--queue-size", type=int, default=4, help="frames queued per app")
     parser.add_argument(
@@ -152,8 +152,8 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
         "--max-connections",
         type=int,
         default=default_max_connections(),
-        help="open connections at most; beyond, the longest-idle one is closed (default: "
-        f"256, or the descriptor limit minus {FD_RESERVE} if lower)",
+        help="open connections at most; beyond, the longest-idle one is closed (256, or the"
+        f" descriptor limit minus {FD_RESERVE} if lower)",
     )
     parser.add_argument(
         "--max-image-pixels",

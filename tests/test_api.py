@@ -572,7 +572,7 @@ def test_infer_is_served_by_the_lean_route_and_answers_as_fastapi_would(
     assert infer(client, app, body, token=ADMIN).status_code == 200
     gone = client.post("/v1/apps/nope/infer", content=body, headers={**headers, **bearer("x")})
     assert (gone.status_code, gone.json()) == (404, {
-        "type": "about:blank", "title": "Not Found", "status": 404,
+        "type": "urn:nestdnn:problem:unknown-app", "title": "No such app", "status": 404,
         "detail": "no app with id 'nope'"})
     assert client.get(url).status_code == 405
 
