@@ -9,10 +9,12 @@ channels' weights become a smaller dense model (``NestNet.extract``), which is f
 validation split.
 
 A try below the minimum accuracy is discarded and the step is retried from the same model
-with half the ratio (a halving that would prune exactly as a discarded try is skipped), down
-to ``ratio_floor``; the halved ratio stays in force for the later steps. The loop stops when
-a try at the floor fails (``min_accuracy``), after ``max_steps`` steps, or when no group can
-shrink (``min_width``). The roadmap records every try (``attempts``).
+with half the ratio, down to ``ratio_floor``; the halved ratio stays in force for the later
+steps. A retry cuts every group the discarded try cut by a smaller share of its width, or
+not at all: where rounding makes a smaller ratio cut a group as deeply, that group is held
+back for the rest of the run and the others are cut (``next_try``). The loop stops when no
+try down to the floor meets the minimum (``min_accuracy``), after ``max_steps`` steps, or
+when no group can shrink (``min_width``). The roadmap records every try (``attempts``).
 
 Every finished step is written before the next begins (``step_XX.pt``, ``seed.pt``, then
 ``roadmap.json`` as the commit point), and so is every discarded try, so rerunning an
@@ -27,7 +29,7 @@ import hashlib
 import logging
 import math
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,9 +101,11 @@ def next_widths(
     fraction: float,
     ratio: float,
     round_to: int,
+    held: Collection[str] = (),
 ) -> tuple[float, dict[str, int]] | None:
     """The first schedule point below ``fraction``, in steps of ``ratio``, at which some group
-    is narrower than now, and its widths; None if no group can shrink any more.
+    not ``held`` is narrower than now, and its widths (held groups keep theirs); None if no
+    such group can shrink any more.
 
     Points that would shrink nothing (narrow groups, small ratio) are skipped, so a run that
     never retries follows ``1 - s * ratio`` exactly.
@@ -109,11 +113,55 @@ def next_widths(
     point = fraction
     while True:
         point = round(point - ratio, 9)  # no drift: 1 - 0.1 - 0.1 - 0.1 is 0.7
-        widths = {g: scheduled_width(w, point, round_to) for g, w in original.items()}
+        widths = {
+            g: current[g] if g in held else scheduled_width(w, point, round_to)
+            for g, w in original.items()
+        }
         if any(widths[g] < current[g] for g in current):
             return point, widths
         if point <= 0:  # every group is at its floor
             return None
+
+
+def held_groups(
+    original: Mapping[str, int], widths: Mapping[str, int], fraction: float, round_to: int
+) -> set[str]:
+    """Groups a retry held back: wider than the schedule says at ``fraction``."""
+    return {g for g, w in original.items() if widths[g] > scheduled_width(w, fraction, round_to)}
+
+
+def relative_cuts(current: Mapping[str, int], targets: Mapping[str, int]) -> dict[str, float]:
+    """The share of its current width ``targets`` removes from each group it narrows."""
+    return {g: 1 - targets[g] / current[g] for g in current if targets[g] < current[g]}
+
+
+def next_try(
+    roadmap: Roadmap, ratio: float, failed: Mapping[str, int] | None
+) -> tuple[float, dict[str, int]] | None:
+    """The fraction and widths the next try at ``ratio`` prunes to, or None.
+
+    After a discarded try (``failed``: its widths), a retry cuts every group that try cut by
+    a smaller share of its width, or not at all: a group that a smaller ratio would cut as
+    deeply (rounding: an 8-wide group at ``round_to`` 4 can only halve) is held back, and the
+    schedule is searched again without it. A held group keeps its width for the rest of the
+    run (it is wider than the schedule at every later step's fraction).
+    """
+    settings = roadmap.settings
+    last = roadmap.last
+    original = roadmap.steps[0].widths
+    fraction = fraction_of(roadmap, last)
+    held = set() if last.step == 0 else held_groups(original, last.widths, fraction,
+                                                     settings.round_to)  # fmt: skip
+    limits = {} if failed is None else relative_cuts(last.widths, failed)
+    while True:
+        found = next_widths(original, last.widths, fraction, ratio, settings.round_to, held)
+        if found is None:
+            return None
+        cuts = relative_cuts(last.widths, found[1])
+        too_deep = {g for g, cut in cuts.items() if g in limits and cut >= limits[g]}
+        if not too_deep:
+            return found
+        held |= too_deep
 
 
 def channels_to_keep(scores: Tensor, width: int) -> Tensor:
@@ -208,20 +256,16 @@ def _advance(
         return model
     settings = job.settings
     step = last.step + 1
-    tried = [a.widths for a in roadmap.attempts if a.step == step]
+    discarded = [a.widths for a in roadmap.attempts if a.step == step]
     scores: Scores | None = None
     for ratio in retry_ratios(roadmap):
-        found = next_widths(
-            roadmap.steps[0].widths, last.widths, fraction_of(roadmap, last), ratio,
-            settings.round_to,
-        )  # fmt: skip
+        found = next_try(roadmap, ratio, discarded[-1] if discarded else None)
         if found is None:
-            roadmap.stopped = "min_width"
-            return model
+            if not discarded:
+                roadmap.stopped = "min_width"
+                return model
+            continue  # nothing left to cut less at this ratio: a smaller one may find some
         fraction, targets = found
-        if targets in tried:  # prunes exactly as a discarded try: it would fail again
-            continue
-        tried.append(targets)
         scores = criterion.scores(model, splits.train) if scores is None else scores
         keep = {g: channels_to_keep(scores[g], targets[g]) for g in model.groups()}
         child = model.extract({g: k.to(model_device(model)) for g, k in keep.items()})
@@ -243,6 +287,7 @@ def _advance(
             "step %d at ratio %g: val accuracy %.4f below the minimum %.4f; discarded",
             step, ratio, accuracy, settings.min_accuracy,
         )  # fmt: skip
+        discarded.append(targets)
         _commit(roadmap, job)
     roadmap.stopped = "min_accuracy"
     return model

@@ -406,6 +406,29 @@ def test_a_step_below_min_accuracy_is_retried_at_halved_ratios_down_to_the_floor
     assert roadmap.last.total_width < 0.8 * full  # went beyond the first failure at ratio 0.2
 
 
+def test_a_retry_holds_back_groups_that_rounding_can_only_halve(
+    vanilla_file: Path, vgg: NestNet, splits: DatasetSplits, tmp_path: Path, monkeypatch
+) -> None:
+    # At --round-to 4 an 8-wide group can only halve: every smaller ratio rounds to the same
+    # cut. Fine-tuning "fails" whenever an 8-wide group is cut; the others must go on.
+    original = vgg.groups()
+    narrow = {g for g, w in original.items() if w == 8}
+    assert narrow and any(w > 8 for w in original.values()), "precondition: mixed widths"
+    monkeypatch.setattr(
+        prune_module,
+        "_fine_tune",
+        lambda model, *_args: 0.1 if any(model.groups()[g] < 8 for g in narrow) else 0.9,
+    )
+    job = job_for(vanilla_file, tmp_path, ratio=0.25, round_to=4, min_accuracy=0.5)
+    roadmap = prune(vgg, splits, job)
+    last = roadmap.last.widths
+    assert all(last[g] == 8 for g in narrow)  # held back from the first failure on
+    assert all(last[g] == 4 for g in original if g not in narrow)  # the rest went to the floor
+    assert roadmap.stopped == "min_width"
+    failed = [a for a in roadmap.attempts if not a.accepted]
+    assert failed and all(any(a.widths[g] < 8 for g in narrow) for a in failed)
+
+
 def test_roadmaps_from_before_retries_still_load(vgg_run: tuple[Roadmap, Path]) -> None:
     roadmap, _ = vgg_run
     old = roadmap.to_dict()
