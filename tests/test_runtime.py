@@ -857,3 +857,56 @@ def test_without_sharing_every_app_holds_its_own_copy(
         assert rt.submit(app.id, frame_for(catalogue, "cam")).result(timeout=60).descendant == 2
         rt.unregister(app.id)
     assert rt.snapshot().accounted_bytes == 0
+
+
+def test_an_app_registering_while_its_models_shared_copy_loads_waits_for_the_whole_model(
+    catalogue: ModelCatalogue,
+) -> None:
+    """A budget raise upgrades app a's resident; the load is held at a gate. Meanwhile b
+    registers for the same model: its registration waits for the switch to end, a's frames
+    keep running on the old resident, and b's first frame runs on the complete new one."""
+    cam = sizes(catalogue, "cam")
+    entry = catalogue.entries["cam"]
+    loading, gate = threading.Event(), threading.Event()
+
+    class GatedBackend(OrtBackend):
+        def open(self, entry: CatalogueEntry, descendant: int) -> LoadedModel:
+            if descendant == 2:
+                loading.set()
+                assert gate.wait(timeout=120)
+            return super().open(entry, descendant)
+
+    backend = GatedBackend()
+    rt = Runtime(catalogue, RuntimeSettings(memory_budget_bytes=cam[0] + cam[1] // 2),
+                 backend=backend)
+    rt.start()
+    try:
+        a = rt.register(AppSpec(model="cam", fps=5.0))
+        assert rt.info(a.id).descendant == 0
+        frame = frame_for(catalogue, "cam")
+        raise_budget = threading.Thread(
+            target=rt.set_policy, kwargs={"memory_budget_bytes": cam[2] + cam[0]})
+        raise_budget.start()
+        assert loading.wait(timeout=120)
+        registered: list[str] = []
+        register_b = threading.Thread(
+            target=lambda: registered.append(rt.register(AppSpec(model="cam", fps=5.0)).id))
+        register_b.start()
+        during = rt.submit(a.id, frame).result(timeout=60)
+        register_b.join(timeout=0.5)
+        assert register_b.is_alive() and registered == []  # b waits for the switch
+        assert during.descendant == 0  # a keeps running on its old resident meanwhile
+        gate.set()
+        raise_budget.join(timeout=120)
+        register_b.join(timeout=120)
+        first = rt.submit(registered[0], frame).result(timeout=60)
+        complete = backend.open(entry, 2).logits(frame[None])[0]
+        assert first.descendant == 2
+        assert first.label == int(np.argmax(complete))
+        assert np.allclose(first.probabilities, np.exp(complete) / np.exp(complete).sum(),
+                           atol=1e-5)
+        snap = rt.snapshot()
+        assert snap.accounted_bytes - snap.idle_bytes == cam[2]  # one copy of d2, shared
+    finally:
+        gate.set()
+        rt.stop()
