@@ -8,7 +8,8 @@ file behind. Imports nothing heavy: the daemon writes its state and tokens with 
 
 What must survive a damaged file (the daemon's registered apps and token hashes) is written
 twice, each copy atomically (`write_with_backup`), and read back from whichever copy parses
-(`read_with_backup`), which also repairs the other.
+(`read_with_backup`), which also repairs the other; when neither parses, reading stops with
+an error and leaves both in place (never an empty start that would overwrite them).
 """
 
 from __future__ import annotations
@@ -91,30 +92,64 @@ def write_with_backup(path: Path, data: bytes | str, *, mode: int = 0o644) -> Pa
     return path
 
 
-def read_with_backup(path: Path, parse: Callable[[bytes], T], what: str) -> T | None:
-    """The parsed content of ``path``, or of its backup when ``path`` is unreadable or does
-    not parse (a damaged file is moved aside, the good copy restored in its place, and a
-    warning logged). None when neither exists; a NestError when both are damaged."""
-    problems = []
-    for candidate in (path, backup_of(path)):
+def read_with_backup(path: Path, parse: Callable[[bytes], T], what: str, *,
+                     if_removed: str, mode: int = 0o644) -> T | None:
+    """The parsed content of ``path``, or of its backup when ``path`` is missing or does not
+    parse (the damaged file is moved aside as ``NAME.corrupt-<time>``, the good copy restored in
+    its place with ``mode``, and a warning logged); a backup that is missing or differs from a
+    good ``path`` is rewritten from it. None when neither copy exists.
+
+    When no copy parses, a NestError in one line and both files stay where they are: nothing
+    is emptied, and the next attempt finds them again. The message tells the operator to
+    restore one, or to remove both and start ``if_removed`` (e.g. "with no apps").
+    """
+    backup = backup_of(path)
+    problems, damaged = [], []
+    for candidate in (path, backup):
         try:
-            value = parse(candidate.read_bytes())
+            raw = candidate.read_bytes()
+            value = parse(raw)
         except FileNotFoundError:
             continue
         except Exception as e:  # a parser's own error types: the file is damaged
-            problems.append(f"{candidate.name}: {e}")
-            move_aside(candidate)
+            problems.append(f"{candidate.name}: {' '.join(str(e).split())[:200]}")
+            damaged.append(candidate)
             continue
-        if candidate != path:
+        for bad in damaged:
+            move_aside(bad)
+        if candidate == path:
+            _refresh_backup(path, raw, parse, what, mode)
+        else:
             log.warning("%s %s was damaged or missing (%s); restored it from %s", what, path,
-                        "; ".join(problems) or "missing", candidate.name)
-            write_with_backup(path, candidate.read_bytes() if candidate.exists() else b"")
+                        "; ".join(problems) or "missing", backup.name)
+            write_with_backup(path, raw, mode=mode)
         return value
     if problems:
         copies = "its only copy is" if len(problems) == 1 else "both copies are"
-        raise NestError(f"{what} {path}: {copies} damaged ({'; '.join(problems)}); kept as"
-                        " *.corrupt-*")
+        raise NestError(f"{what} {path}: {copies} damaged ({'; '.join(problems)}); restore a"
+                        f" good copy, or remove {path.name}* to start {if_removed}")
     return None
+
+
+def _refresh_backup(path: Path, raw: bytes, parse: Callable[[bytes], object], what: str,
+                    mode: int) -> None:
+    """Make the backup a copy of the good ``path`` again (it may be missing, damaged, or one
+    write behind after a crash between the two writes)."""
+    backup = backup_of(path)
+    try:
+        current = backup.read_bytes()
+    except FileNotFoundError:
+        current = None
+    if current == raw:
+        return
+    if current is not None:
+        try:
+            parse(current)
+        except Exception as e:  # damaged: keep it aside before replacing it
+            log.warning("%s backup %s was damaged (%s); rewritten from %s", what, backup.name,
+                        " ".join(str(e).split())[:200], path.name)
+            move_aside(backup)
+    atomic_write(backup, raw, mode=mode)
 
 
 def move_aside(path: Path) -> Path:

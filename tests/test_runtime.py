@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import random
 import shutil
 import threading
@@ -596,18 +595,21 @@ def test_restart_restores_apps_policy_and_the_same_plan(
         plan_of(before)[a.id][1])
 
 
-def test_a_corrupt_state_file_is_moved_aside_and_the_runtime_starts_empty(
-    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime], tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+def test_a_state_file_without_a_good_copy_stops_the_start_and_stays_in_place(
+    catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime], tmp_path: Path
 ) -> None:
-    (tmp_path / "state.json").write_text('{"format": "nestdnn-runtime-state", "apps": [')
-    with caplog.at_level(logging.WARNING):
-        rt = make_runtime(sum(sizes(catalogue, "cam")), state_dir=tmp_path)
+    """Starting with no apps would drop every registered app and overwrite the file at the
+    first event: the start is refused instead, saying what to do, and nothing is moved."""
+    damaged = '{"format": "nestdnn-runtime-state", "apps": ['
+    (tmp_path / "state.json").write_text(damaged)
+    runtime = Runtime(catalogue, RuntimeSettings(memory_budget_bytes=1 << 30,
+                                                 state_dir=tmp_path))
+    with pytest.raises(NestError, match=r"only copy is damaged.*start with no apps"):
+        runtime.start()
+    assert (tmp_path / "state.json").read_text() == damaged
+    (tmp_path / "state.json").unlink()  # the operator's decision: start with no apps
+    rt = make_runtime(sum(sizes(catalogue, "cam")), state_dir=tmp_path)
     assert rt.snapshot().apps == []
-    aside = list(tmp_path.glob("state.json.corrupt-*"))
-    assert len(aside) == 1
-    assert aside[0].read_text().startswith('{"format"')
-    assert "only copy is damaged" in caplog.text and "starting with no apps" in caplog.text
     rt.register(AppSpec(model="cam", fps=30.0))
     assert json.loads((tmp_path / "state.json").read_text())["apps"][0]["model"] == "cam"
 

@@ -3,23 +3,20 @@
 Written twice, each copy atomically (temporary file in the same directory, fsync, rename, fsync
 of the directory): a crash leaves a complete copy, and a damaged file is replaced by its
 backup (the damaged one kept as ``state.json.corrupt-<time>``), so no registered app is lost
-to one bad file. Only if both copies are damaged does the runtime start with no apps (an
-error in the log): a bad state file never keeps the daemon from starting.
+to one bad file. If both copies are damaged, the runtime does not start (a NestError saying
+so; `nestdnn serve` exits 2) and leaves them in place: starting with no apps would silently
+drop every registered one and overwrite the files at the first event.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nestdnn.errors import NestError
 from nestdnn.files import read_with_backup, write_with_backup
 from scheduler.problem import Method, Policy, Solution
-
-log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 _STRICT = ConfigDict(extra="forbid")
@@ -61,11 +58,6 @@ def save_state(state_dir: Path, state: RuntimeState) -> Path:
 
 def load_state(state_dir: Path) -> RuntimeState | None:
     """The persisted state (from the backup copy if the file is damaged or missing), or None
-    when there is none; if both copies are damaged they are kept aside and the runtime starts
-    with no apps, with an error in the log."""
-    try:
-        return read_with_backup(state_dir / STATE_FILE, RuntimeState.model_validate_json,
-                                "runtime state")
-    except NestError as exc:
-        log.error("%s; starting with no apps", exc)
-        return None
+    when there is none; a NestError when both copies are damaged (they stay in place)."""
+    return read_with_backup(state_dir / STATE_FILE, RuntimeState.model_validate_json,
+                            "runtime state", if_removed="with no apps")
