@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -45,10 +46,13 @@ def test_a_stage_whose_extra_is_missing_says_which_in_one_line(
 
 
 def test_serve_on_the_default_backend_never_loads_torch(tmp_path: Path) -> None:
-    """`nestdnn serve` in its own process: an app registers and frames run on onnxruntime;
-    the process then has onnxruntime's library mapped and none of torch's (a module import
-    of torch would have mapped libtorch)."""
+    """`nestdnn serve` in its own process, on a directory of only the `.nest` and its
+    profile: it builds the weightless graphs it needs (saying so), an app registers and
+    frames run on onnxruntime; the process then has onnxruntime's library mapped and none of
+    torch's (a module import of torch would have mapped libtorch)."""
     models = synthetic_models_dir(tmp_path / "models", ["cam"])
+    shutil.rmtree(models / "cam.nest.onnxruntime", ignore_errors=True)
+    assert sorted(p.name for p in models.iterdir()) == ["cam.nest", "cam.profile.json"]
     port = free_port()
     env = {**os.environ, ADMIN_TOKEN_ENV: "admin-token-for-the-test"}
     command = [sys.executable, "-m", "nestdnn", "serve", "--models", str(models),
@@ -68,6 +72,8 @@ def test_serve_on_the_default_backend_never_loads_torch(tmp_path: Path) -> None:
         process.wait(timeout=60)
     assert any("onnxruntime" in path for path in mapped)
     assert [path for path in mapped if "/torch/" in path or "libtorch" in path] == []
+    assert "cam: building 3 onnxruntime graphs" in (tmp_path / "serve.log").read_text()
+    assert list((models / "cam.nest.onnxruntime").rglob("d*.onnx"))
 
 
 def mapped_files(pid: int) -> set[str]:
