@@ -513,15 +513,26 @@ class NestFile:
             raise NestError(f"{self.path} is closed")
         stored = self._stored[name]
         length = stored.end - stored.start
-        if _Identity.of(os.fstat(self._fd)) != self._identity:
+        self._check_unchanged()
+        data = os.pread(self._fd, length, stored.start)
+        self._check_unchanged()  # written during the read: these are not the validated bytes
+        if len(data) != length:
+            raise NestError(f"{self.path} is shorter than when it was validated")
+        return np.frombuffer(data, dtype=_numpy_dtype(stored.dtype)).reshape(stored.shape)
+
+    def changed_on_disk(self) -> bool:
+        """Whether the open file was truncated or written in place since it was validated (a
+        file replaced by rename is another inode: this one is unchanged)."""
+        if self._closed:
+            raise NestError(f"{self.path} is closed")
+        return _Identity.of(os.fstat(self._fd)) != self._identity
+
+    def _check_unchanged(self) -> None:
+        if self.changed_on_disk():
             raise NestError(
                 f"{self.path} changed on disk since it was validated (it was truncated or"
                 " overwritten in place); reload the models to serve the new file"
             )
-        data = os.pread(self._fd, length, stored.start)
-        if len(data) != length:
-            raise NestError(f"{self.path} is shorter than when it was validated")
-        return np.frombuffer(data, dtype=_numpy_dtype(stored.dtype)).reshape(stored.shape)
 
     @property
     def closed(self) -> bool:

@@ -261,36 +261,64 @@ class Runtime:
     def reload(self) -> Snapshot:
         """Rescan the models directory: new and fixed models become servable, changed files
         replace the old ones (their apps reload from the new file), removed or broken ones
-        leave their apps unavailable; then re-plan. Unchanged files keep their residents."""
+        leave their apps unavailable; then re-plan. Unchanged files keep their residents.
+
+        A file that changes again while it is being loaded is rejected (its apps unavailable
+        until the next reload); the models directory gone is a NestError and changes nothing.
+        """
         with self._events:
             self._require_running()
             fresh = ModelCatalogue.load(self.catalogue.directory)
             old = self.catalogue.entries
-            changed = {name for name, entry in old.items()
-                       if name not in fresh.entries or fresh.entries[name].sha256 != entry.sha256}
+            changed = {name for name, entry in old.items() if name not in fresh.entries
+                       or fresh.entries[name].sha256 != entry.sha256
+                       or entry.nest.changed_on_disk()}
             for name, entry in fresh.entries.items():
                 if name in old and name not in changed:
                     entry.nest.close()
                     fresh.entries[name] = old[name]
-            for app_id, app in self._committed.apps.items():
-                if app.spec.model in changed and app_id in self._serving():
-                    self._executor.remove_app(app_id)
-                    self._manager.forget(app_id)
-            self._backend.forget([n for n in changed])
+            self._detach_models(changed)
             self.catalogue = fresh
             self._prepare_backend()
             self._speed.start_scales(self._reference_scales())
             for name in changed:
                 if name in old:
                     old[name].nest.close()
-            current = self._committed
-            self._replan(current.apps, replace(current, solution=_without(current.solution,
-                                                                          changed)),
-                         required=set())
+            self._replan_reloaded(changed)
             log.info("models reloaded: %d served (%s changed), %d rejected",
-                     len(fresh.entries), ", ".join(sorted(changed)) or "none",
-                     len(fresh.rejected))
+                     len(self.catalogue.entries), ", ".join(sorted(changed)) or "none",
+                     len(self.catalogue.rejected))
         return self.snapshot()
+
+    def _detach_models(self, models: set[str]) -> None:
+        """Stop serving the apps of ``models`` and drop what the backend derived from them."""
+        apps = self._committed.apps
+        for app_id in list(self._executor.shares()):
+            if app_id in apps and apps[app_id].spec.model in models:
+                self._executor.remove_app(app_id)
+                self._manager.forget(app_id)
+        self._backend.forget(sorted(models))
+
+    def _replan_reloaded(self, changed: set[str]) -> None:
+        """Re-plan every app after a reload (the apps of ``changed`` models afresh). A model
+        whose file changes on disk while its descendants load is rejected and the plan made
+        again without it."""
+        while True:
+            current = self._committed
+            incumbent = _without(current.solution, current.apps, changed)
+            try:
+                self._replan(current.apps, replace(current, solution=incumbent), required=set())
+                return
+            except ModelUnavailable:
+                moved = {name for name, entry in self.catalogue.entries.items()
+                         if entry.nest.changed_on_disk()}
+                if not moved:
+                    raise
+                self._detach_models(moved)
+                for name in moved:
+                    self.catalogue.reject(name, "its file changed on disk while it was being"
+                                                " loaded; reload again once it is complete")
+                changed |= moved
 
     def _replan(self, apps: Mapping[str, _App], settings: _Committed,
                 required: set[str] | None = None) -> None:
@@ -541,12 +569,14 @@ def _reconciled(plan: Solution | None, apps: Mapping[str, _App],
     return plan.model_copy(update={"apps": valid})
 
 
-def _without(plan: Solution | None, models: set[str]) -> Solution | None:
+def _without(plan: Solution | None, apps: Mapping[str, _App],
+             models: set[str]) -> Solution | None:
     """A plan without the parts of apps on ``models`` (their files changed: plan afresh)."""
     if plan is None or not models:
         return plan
-    return plan.model_copy(update={"apps": [p for p in plan.apps
-                                            if not p.id or p.id.rsplit("#", 1)[0] not in models]})
+    return plan.model_copy(update={"apps": [
+        part for part in plan.apps
+        if part.name in apps and apps[part.name].spec.model not in models]})
 
 
 def _checked_frame(frame: Any, entry: CatalogueEntry) -> np.ndarray:
