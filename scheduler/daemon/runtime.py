@@ -49,6 +49,7 @@ from scheduler.daemon.specs import (
     RuntimeSettings,
     Snapshot,
     check_policy,
+    restored_spec,
 )
 from scheduler.daemon.speed import SpeedTracker
 from scheduler.daemon.state import PersistedApp, RuntimeState, load_state, save_state
@@ -509,9 +510,7 @@ class Runtime:
         state = load_state(self.settings.state_dir)
         if state is None:
             return
-        apps = {saved.id: _App(saved.id, saved.name,
-                               AppSpec(**saved.model_dump(exclude={"id", "name"})))
-                for saved in state.apps}
+        apps = {saved.id: _restored_app(saved) for saved in state.apps}
         incumbent = _reconciled(state.plan, apps, self.catalogue)
         restored = _Committed(state.policy, state.method, state.alpha,
                               state.memory_budget_bytes, apps, incumbent)
@@ -543,6 +542,16 @@ class Runtime:
     def _require_running(self) -> None:
         if not self._running:
             raise NestError("the runtime is not running: call start() first")
+
+
+def _restored_app(saved: PersistedApp) -> _App:
+    """A persisted app, its values brought within today's bounds (with a warning) rather than
+    dropped or failing the start."""
+    spec, fixes = restored_spec(**saved.model_dump(exclude={"id", "name"}))
+    if fixes:
+        log.warning("app %s (%s): the state file holds values outside today's bounds, kept"
+                    " within them: %s", saved.id, saved.name, "; ".join(fixes))
+    return _App(saved.id, saved.name, spec)
 
 
 def _assigned(solution: Solution | None, app_id: str) -> Assignment | None:

@@ -58,6 +58,40 @@ class AppSpec:
         return 1.0 / self.fps
 
 
+def restored_spec(model: str, target_latency_s: float | None, fps: float | None,
+                  priority: float, min_accuracy: float | None,
+                  name: str | None = None) -> tuple[AppSpec, list[str]]:
+    """The spec of a persisted app, each value brought within today's bounds (a state file
+    written by an older daemon may hold values its bounds allowed, or NaN): out-of-range
+    values are clamped to the nearest bound, NaN targets dropped, a NaN priority is the
+    default 1, and an app left with no target gets the loosest latency target. The list says
+    what changed (empty: the spec as persisted)."""
+    fixes: list[str] = []
+    target = _clamped("target_latency_s", target_latency_s, TARGET_LATENCY_S_RANGE, None, fixes)
+    rate = _clamped("fps", fps, FPS_RANGE, None, fixes)
+    weight = _clamped("priority", priority, PRIORITY_RANGE, 1.0, fixes)
+    floor = _clamped("min_accuracy", min_accuracy, (0.0, 1.0), None, fixes)
+    if target is None and rate is None:
+        target = TARGET_LATENCY_S_RANGE[1]
+        fixes.append(f"no usable target -> target_latency_s {target:g}")
+    assert weight is not None  # a NaN priority is the default
+    spec = AppSpec(model=model, target_latency_s=target, fps=rate, priority=weight,
+                   min_accuracy=floor, name=name)
+    return spec, fixes
+
+
+def _clamped(name: str, value: float | None, bounds: tuple[float, float],
+             nan: float | None, fixes: list[str]) -> float | None:
+    """``value`` within ``bounds`` (NaN: ``nan``), noting any change in ``fixes``."""
+    if value is None:
+        return None
+    low, high = bounds
+    new = nan if math.isnan(value) else min(max(value, low), high)
+    if new != value:
+        fixes.append(f"{name} {value:g} -> {'none' if new is None else f'{new:g}'}")
+    return new
+
+
 AppState = Literal["serving", "waiting", "unavailable"]
 """Serving: the plan in force gives the app a descendant. Waiting: the plan has no room for
 it. Unavailable: its model is missing or broken. Waiting and unavailable apps stay
