@@ -24,7 +24,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from nestdnn.errors import NestError
-from nestdnn.files import atomic_write
+from nestdnn.files import atomic_write, read_with_backup, write_with_backup
 from scheduler.daemon import UnknownApp
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ def resolve_token(state_dir: Path, env: str, filename: str, what: str) -> str:
 
 
 class TokenStore:
-    """App id -> token hash, persisted atomically as JSON in the state dir."""
+    """App id -> token hash, persisted as JSON in the state dir, written twice (the file and
+    its backup, each atomically, mode 0600). A hash is deleted only when its app is deleted."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -77,14 +78,19 @@ class TokenStore:
         self._save_lock = threading.Lock()
 
     def load(self) -> None:
-        """Read the persisted hashes; a missing file means no apps yet."""
-        if not self.path.exists():
-            return
-        data = json.loads(self.path.read_text())
-        if data.get("format") != _FORMAT or not isinstance(data.get("apps"), dict):
-            raise ValueError(f"{self.path} is not a nestdnn token file")
+        """Read the persisted hashes, from the backup when the file is damaged or missing (and
+        repair it); none when neither copy exists. Both copies damaged: a NestError, and both
+        stay in place (an empty store would refuse every app's token and overwrite them)."""
+        hashes = read_with_backup(
+            self.path,
+            _parse_tokens,
+            "app token file",
+            if_removed="with no app tokens (the apps stay registered; the admin token acts on"
+            " them)",
+            mode=0o600,
+        )
         with self._lock:
-            self._hashes = {str(k): str(v) for k, v in data["apps"].items()}
+            self._hashes = hashes or {}
 
     def issue(self, app_id: str) -> str:
         """Create, remember (hashed) and return a token for an app."""
@@ -95,21 +101,16 @@ class TokenStore:
         return token
 
     def revoke(self, app_id: str) -> None:
-        """Forget an app's token."""
+        """Forget an app's token (the app was deleted)."""
         with self._lock:
             removed = self._hashes.pop(app_id, None) is not None
         if removed:
             self._save()
 
-    def retain(self, app_ids: set[str]) -> None:
-        """Drop the tokens of apps that no longer exist."""
+    def has(self, app_id: str) -> bool:
+        """Whether a token hash is kept for this app."""
         with self._lock:
-            stale = set(self._hashes) - app_ids
-            for app_id in stale:
-                del self._hashes[app_id]
-        if stale:
-            log.info("dropped the tokens of %d apps that no longer exist", len(stale))
-            self._save()
+            return app_id in self._hashes
 
     def verify(self, app_id: str, token: str) -> bool:
         """Whether the token is this app's (constant-time comparison)."""
@@ -122,7 +123,20 @@ class TokenStore:
         with self._save_lock:
             with self._lock:
                 body = {"format": _FORMAT, "version": 1, "apps": dict(self._hashes)}
-            atomic_write(self.path, json.dumps(body, indent=1, sort_keys=True), mode=0o600)
+            write_with_backup(self.path, json.dumps(body, indent=1, sort_keys=True), mode=0o600)
+
+
+def _parse_tokens(raw: bytes) -> dict[str, str]:
+    """The app id -> hash table of a token file; ValueError if it is not one."""
+    data = json.loads(raw)
+    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        raise ValueError("not a nestdnn token file")
+    apps = data.get("apps")
+    if not isinstance(apps, dict):
+        raise ValueError("no table of apps")
+    if not all(isinstance(v, str) and len(v) == 64 for v in apps.values()):
+        raise ValueError("a token hash is not a SHA-256 hex digest")
+    return {str(k): v for k, v in apps.items()}
 
 
 class Authenticator:

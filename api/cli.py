@@ -9,15 +9,19 @@ import logging
 import os
 import re
 import resource
+import signal
 import socket
+import threading
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from api.app import create_app
 from api.auth import REGISTRATION_MODES
-from api.daemon import LOOPBACK_NAMES, ApiSettings
+from api.daemon import LOOPBACK_NAMES, ApiSettings, Daemon
 from api.server import ConnectionGuard, guarded_protocol
 from nestdnn.errors import NestError
 from profiles.schema import BACKENDS, DEFAULT_BACKEND
@@ -258,26 +262,67 @@ def load_catalogue(models: Path) -> ModelCatalogue:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Serve until interrupted; in-flight requests finish and the state is saved on the way out."""
+    """Serve until interrupted; in-flight requests finish and the state is saved on the way out.
+
+    The runtime starts (catalogue, token hashes, restored apps) before the HTTP server, so a
+    start-up failure is one line and exit 2, never a server that exits with a traceback."""
     settings = api_settings(args)
     catalogue = load_catalogue(args.models)
     sock = bind(args.host, args.port)
-    runtime = Runtime(
-        catalogue,
-        RuntimeSettings(
-            memory_budget_bytes=args.memory_budget,
-            policy=args.policy,
-            method=args.method,
-            alpha=args.alpha,
-            backend=args.backend,
-            state_dir=args.state_dir,
-            queue_size=args.queue_size,
-            threads=args.threads,
-            overflow=args.overflow,
-        ),
+    try:
+        app = create_app(Runtime(catalogue, runtime_settings(args)), settings)
+        daemon: Daemon = app.state.daemon
+        daemon.start()
+        try:
+            reload_on_sighup(daemon)
+            serve(app, daemon, sock, args, settings)
+        finally:
+            daemon.stop()
+    finally:
+        sock.close()
+    return 0
+
+
+def runtime_settings(args: argparse.Namespace) -> RuntimeSettings:
+    """The runtime's settings from `nestdnn serve`'s options."""
+    return RuntimeSettings(
+        memory_budget_bytes=args.memory_budget,
+        policy=args.policy,
+        method=args.method,
+        alpha=args.alpha,
+        backend=args.backend,
+        state_dir=args.state_dir,
+        queue_size=args.queue_size,
+        threads=args.threads,
+        overflow=args.overflow,
     )
-    app = create_app(runtime, settings)
-    metrics = app.state.daemon.metrics
+
+
+def reload_on_sighup(daemon: Daemon) -> None:
+    """SIGHUP reloads the models, in a thread of its own (the handler runs on the thread of
+    the event loop, which must not wait for a reload); a failed reload is logged."""
+
+    def reload() -> None:
+        try:
+            daemon.reload("SIGHUP")
+        except NestError as exc:
+            log.error("%s", exc)
+
+    def handle(_signum: int, _frame: FrameType | None) -> None:
+        threading.Thread(target=reload, name="nestdnn-reload", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, handle)
+
+
+def serve(
+    app: FastAPI,
+    daemon: Daemon,
+    sock: socket.socket,
+    args: argparse.Namespace,
+    settings: ApiSettings,
+) -> None:
+    """Run uvicorn on the bound socket until SIGINT or SIGTERM."""
+    metrics = daemon.metrics
     guard = ConnectionGuard(
         settings.max_connections,
         settings.header_timeout_s,
@@ -306,7 +351,7 @@ def run_serve(args: argparse.Namespace) -> int:
         args.memory_budget,
         args.policy,
         args.backend,
-        ", ".join(sorted(catalogue.entries)),
+        ", ".join(sorted(daemon.catalogue.entries)),
         settings.registration,
         settings.max_connections,
         *fast_paths(),
@@ -314,4 +359,3 @@ def run_serve(args: argparse.Namespace) -> int:
     server.run(sockets=[sock])
     if not server.started:
         raise NestError("the daemon failed to start; see the log above")
-    return 0

@@ -25,12 +25,16 @@ from api.auth import (
 )
 from api.frames import FrameSpec
 from api.metrics import ApiMetrics
+from nestdnn.errors import NestError
 from scheduler.daemon import (
     AppInfo,
     AppSpec,
     AppStatus,
     CatalogueEntry,
+    ModelCatalogue,
+    ModelUnavailable,
     Prediction,
+    RejectedModel,
     Runtime,
     Snapshot,
     UnknownApp,
@@ -82,22 +86,47 @@ class ApiSettings:
         return max(height * width, min(derived, self.max_image_pixels))
 
 
+class ReloadFailed(ModelUnavailable):
+    """The models could not be reloaded (e.g. the models directory is gone); the models in
+    force stay (503)."""
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """What a reload changed: models by name, the files rejected now, the new plan."""
+
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+    rejected: list[RejectedModel]
+    snapshot: Snapshot
+
+
 class Daemon:
     """Everything the routers need, shared through ``app.state.daemon``."""
 
     def __init__(self, runtime: Runtime, settings: ApiSettings) -> None:
         self.runtime = runtime
         self.settings = settings
-        self.catalogue = runtime.catalogue
         self.metrics = ApiMetrics(runtime.snapshot)
         self.tokens = TokenStore(settings.state_dir / TOKENS_FILE)
         self.auth: Authenticator | None = None
         self.registration = RegistrationPolicy(settings.registration, settings.open_priority_cap)
         self.decodes = asyncio.Semaphore(settings.decode_slots)
         self.started = time.monotonic()
+        self._running = False
+
+    @property
+    def catalogue(self) -> ModelCatalogue:
+        """The models served now (a reload replaces the runtime's catalogue)."""
+        return self.runtime.catalogue
 
     def start(self) -> None:
-        """Start the runtime (restoring apps), load tokens and forget those of vanished apps."""
+        """Load the app token hashes, then start the runtime (restoring apps); a NestError
+        when either cannot be read. Starting again does nothing (`nestdnn serve` starts the
+        daemon before the HTTP server, whose lifespan calls this too)."""
+        if self._running:
+            return
         state_dir = self.settings.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.auth = Authenticator(
@@ -109,17 +138,61 @@ class Daemon:
             self.app_exists,
             self.registration,
         )
-        self.runtime.start()
         self.tokens.load()
+        self.runtime.start()
+        self._running = True
         apps = self.runtime.snapshot().apps
-        self.tokens.retain({app.id for app in apps})
+        self._warn_tokenless([app.id for app in apps])
         log.info("serving %d models, %d apps restored", len(self.catalogue.entries), len(apps))
         self.log_plan("start", None)
 
+    def _warn_tokenless(self, app_ids: list[str]) -> None:
+        """Name the registered apps that have no token hash: registered when the daemon
+        stopped before answering, or the token files were removed (only the admin token acts
+        on them)."""
+        tokenless = [app_id for app_id in app_ids if not self.tokens.has(app_id)]
+        if tokenless:
+            log.warning(
+                "%d registered apps have no token (their registration was never answered, or"
+                " the token files were removed); only the admin token acts on them: %s",
+                len(tokenless),
+                ", ".join(tokenless),
+            )
+
     def stop(self) -> None:
-        """Let in-flight jobs finish and persist the runtime's state."""
+        """Let in-flight jobs finish and persist the runtime's state (once)."""
+        if not self._running:
+            return
+        self._running = False
         self.runtime.stop()
         log.info("runtime stopped, state saved")
+
+    def reload(self, source: str) -> Reloaded:
+        """Rescan the models directory (`Runtime.reload`) and re-plan; ``source`` (e.g.
+        "SIGHUP", "admin") is logged. `ReloadFailed` when the models cannot be read."""
+        before = {name: entry.sha256 for name, entry in self.catalogue.entries.items()}
+        try:
+            snap = self.runtime.reload()
+        except NestError as exc:
+            raise ReloadFailed(f"reload failed: {exc}") from exc
+        after = {name: entry.sha256 for name, entry in self.catalogue.entries.items()}
+        reloaded = Reloaded(
+            added=sorted(set(after) - set(before)),
+            changed=sorted(n for n in set(after) & set(before) if after[n] != before[n]),
+            removed=sorted(set(before) - set(after)),
+            rejected=list(self.catalogue.rejected),
+            snapshot=snap,
+        )
+        log.info(
+            "models reloaded (%s): added [%s], changed [%s], removed [%s], %d rejected",
+            source,
+            ", ".join(reloaded.added),
+            ", ".join(reloaded.changed),
+            ", ".join(reloaded.removed),
+            len(reloaded.rejected),
+        )
+        self.log_plan("reload", None, snap)
+        return reloaded
 
     def app_exists(self, app_id: str) -> bool:
         """Whether an app with this id is registered."""

@@ -66,8 +66,9 @@ class ServeProcess:
         assert self.process is not None, "not started"
         return self.process.pid
 
-    def start(self, timeout_s: float = 120.0) -> ServeProcess:
-        """Start the daemon and wait until /healthz answers."""
+    def start(self, timeout_s: float = 120.0, poll_s: float = 0.2) -> ServeProcess:
+        """Start the daemon and wait until /healthz answers, asking every ``poll_s`` seconds
+        (lower it to time the start finely)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, ADMIN_TOKEN_ENV: self.admin_token}
         if self.registration_token:
@@ -85,21 +86,31 @@ class ServeProcess:
                     return self
             except httpx.TransportError:
                 pass  # not listening yet
-            time.sleep(0.2)
+            time.sleep(poll_s)
         self.stop()
         raise NestError(f"nestdnn serve did not answer within {timeout_s:.0f} s ({self.log_path})")
 
-    def stop(self, timeout_s: float = 60.0) -> None:
-        """SIGTERM (graceful: in-flight requests finish, state saved); SIGKILL after a timeout."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            log.error("nestdnn serve did not stop within %.0f s of SIGTERM; killed", timeout_s)
-            self.process.kill()
-            self.process.wait()
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM (graceful: in-flight requests finish, state saved); SIGKILL after a timeout.
+        The exit status (negative: the signal that ended it), None if never started."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.error("nestdnn serve did not stop within %.0f s of SIGTERM; killed", timeout_s)
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def kill(self) -> int:
+        """SIGKILL, as a crash or a power cut would end it (nothing saved on the way out);
+        the exit status."""
+        assert self.process is not None, "not started"
+        self.process.kill()
+        return self.process.wait()
 
     def _log_tail(self, lines: int = 3) -> str:
         text = self.log_path.read_text(errors="replace").strip().splitlines()
