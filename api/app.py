@@ -13,7 +13,7 @@ from api.deps import known_query_only
 from api.errors import install_error_handlers
 from api.middleware import BodyLimits, HostCheck, RequestCounter
 from api.openapi import install_openapi
-from api.routers import apps, health, infer, models, schedule
+from api.routers import admin, apps, health, infer, models, schedule
 from scheduler.daemon import Runtime
 
 API_VERSION = "1"
@@ -42,7 +42,7 @@ def create_app(runtime: Runtime, settings: ApiSettings) -> FastAPI:
     )
     app.state.daemon = daemon
     app.router.routes.append(infer.InferRoute())  # serves infer ahead of the documented route
-    for module in (apps, infer, schedule, models, health):
+    for module in (apps, infer, schedule, models, admin, health):
         app.include_router(module.router)
     install_error_handlers(app)
     install_openapi(app, open_registration=settings.registration == "open")

@@ -182,6 +182,10 @@ class DaemonClient:
             json={k: v for k, v in body.items() if v is not None},
         )
 
+    def reload(self) -> dict[str, Any]:
+        """Rescan the models directory (needs the admin token): what changed, and the plan."""
+        return self._call("POST", "/v1/admin/reload", token=self.admin_token)
+
     def models(self) -> dict[str, Any]:
         """Servable models and rejected files."""
         return self._call("GET", "/v1/models")

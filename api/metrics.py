@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -12,6 +14,15 @@ from scheduler.daemon import Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def process_resident_bytes() -> int | None:
+    """This process's resident memory (RSS) now, from /proc/self/statm; None without /proc."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 class RuntimeCollector(Collector):
@@ -59,6 +70,13 @@ class RuntimeCollector(Collector):
         yield GaugeMetricFamily(
             "nestdnn_memory_budget_bytes", "Memory budget.", value=snap.memory_budget_bytes
         )
+        resident = process_resident_bytes()
+        if resident is not None:
+            yield GaugeMetricFamily(
+                "nestdnn_process_resident_bytes",
+                "The daemon process's resident memory (RSS): compare with the accounted bytes.",
+                value=resident,
+            )
 
 
 class ApiMetrics:

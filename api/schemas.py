@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scheduler.daemon.specs import FPS_RANGE, PRIORITY_RANGE, TARGET_LATENCY_S_RANGE
+from scheduler.daemon.specs import FPS_RANGE, PRIORITY_RANGE, TARGET_LATENCY_S_RANGE, AppState
 from scheduler.problem import Method, Policy
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -68,12 +68,23 @@ class AppOut(BaseModel):
     id: str
     name: str | None
     model: str
-    descendant: int = Field(description="Index of the assigned descendant (0 = smallest).")
+    descendant: int | None = Field(
+        description="Index of the assigned descendant (0 = smallest); null unless serving."
+    )
     share: float = Field(description="Fraction of the processor assigned to the app.")
-    accuracy: float = Field(description="Profiled accuracy of the assigned descendant.")
+    accuracy: float | None = Field(
+        description="Profiled accuracy of the assigned descendant; null unless serving."
+    )
     priority: float
     target_latency_ms: float | None
     fps: float | None
+    state: AppState = Field(
+        description="serving: the plan gives it a descendant; waiting: no room for it in the "
+        "memory budget now; unavailable: its model is missing or broken. Waiting and "
+        "unavailable apps stay registered (their tokens work; infer answers 503) and serve "
+        "again when they fit, or once the model is fixed and reloaded."
+    )
+    problem: str | None = Field(description="Why the app is waiting or unavailable.")
 
 
 class AppStatusOut(AppOut):
@@ -88,6 +99,17 @@ class AppStatusOut(AppOut):
     frames: int
     drops: int
     switches: int
+    failures: int = Field(
+        description="Frames that failed (the model computed NaN or infinity; answered 502)."
+    )
+    latency_assumed_ms: float | None = Field(
+        description="Compute time of one frame on its descendant that the plan assumed (the "
+        "profile's, scaled to the machine's speed now)."
+    )
+    latency_measured_ms: float | None = Field(
+        description="Measured compute time of one frame on its resident descendant (median of "
+        "the latest frames run alone), if any."
+    )
 
 
 class AppCreated(AppOut):
@@ -129,7 +151,19 @@ class ScheduleOut(BaseModel):
     method: str
     alpha: float
     memory_budget_bytes: int
-    accounted_bytes: int
+    accounted_bytes: int = Field(description="Model bytes the ledger holds (all residents).")
+    idle_bytes: int = Field(
+        description="Of the accounted bytes, those of warm rungs: descendants no app runs on, "
+        "kept while there is room (evicted first)."
+    )
+    process_resident_bytes: int | None = Field(
+        description="The daemon process's resident memory (RSS) now, to set beside the "
+        "accounted bytes; null where the system does not report it."
+    )
+    latency_scale: dict[str, float] = Field(
+        description="Per model, the factor the plan applies to the profile's latencies (the "
+        "machine's speed now against the profile's)."
+    )
     objective: float | None
     feasible: bool
     swapping: bool = Field(description="Models are swapped in and out (baseline over budget).")
@@ -197,6 +231,18 @@ class ModelList(BaseModel):
 
     models: list[ModelSummary]
     rejected: list[RejectedModel]
+
+
+class ReloadOut(BaseModel):
+    """What a reload of the models directory changed, and the plan after it."""
+
+    added: list[str] = Field(description="Models served now that were not before.")
+    changed: list[str] = Field(description="Models whose file changed: their apps reloaded.")
+    removed: list[str] = Field(
+        description="Models no longer served (file gone or broken): their apps are unavailable."
+    )
+    rejected: list[RejectedModel] = Field(description="Files not served now, and why.")
+    schedule: ScheduleOut
 
 
 class Health(BaseModel):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from api.schemas import AppOut, AppStatusOut, RejectedModel, ScheduleOut
+from api.daemon import Reloaded
+from api.schemas import AppOut, AppStatusOut, RejectedModel, ReloadOut, ScheduleOut
 from scheduler.daemon import AppInfo, AppStatus, Snapshot
 from scheduler.daemon import RejectedModel as Rejected
 
@@ -27,6 +28,8 @@ def app_out(info: AppInfo) -> AppOut:
         priority=info.priority,
         target_latency_ms=_ms(info.target_latency_s),
         fps=info.fps,
+        state=info.state,
+        problem=_without_directories(info.problem),
     )
 
 
@@ -51,17 +54,26 @@ def status_out(app: AppStatus) -> AppStatusOut:
         frames=app.frames,
         drops=app.drops,
         switches=app.switches,
+        state=app.state,
+        problem=_without_directories(app.problem),
+        failures=app.failures,
+        latency_assumed_ms=_ms(app.latency_assumed_s),
+        latency_measured_ms=_ms(app.latency_measured_s),
     )
 
 
-def schedule_out(snap: Snapshot) -> ScheduleOut:
-    """The policy, budget and applied plan."""
+def schedule_out(snap: Snapshot, process_resident_bytes: int | None) -> ScheduleOut:
+    """The policy, budget, applied plan, and the daemon's measured memory beside the
+    accounted bytes."""
     return ScheduleOut(
         policy=snap.policy,
         method=snap.method,
         alpha=snap.alpha,
         memory_budget_bytes=snap.memory_budget_bytes,
         accounted_bytes=snap.accounted_bytes,
+        idle_bytes=snap.idle_bytes,
+        process_resident_bytes=process_resident_bytes,
+        latency_scale=snap.latency_scale,
         objective=snap.objective,
         feasible=snap.feasible,
         swapping=snap.swapping,
@@ -69,7 +81,23 @@ def schedule_out(snap: Snapshot) -> ScheduleOut:
     )
 
 
+def reload_out(reloaded: Reloaded, process_resident_bytes: int | None) -> ReloadOut:
+    """What a reload changed, and the plan after it."""
+    return ReloadOut(
+        added=reloaded.added,
+        changed=reloaded.changed,
+        removed=reloaded.removed,
+        rejected=[rejected_out(r) for r in reloaded.rejected],
+        schedule=schedule_out(reloaded.snapshot, process_resident_bytes),
+    )
+
+
 def rejected_out(rejected: Rejected) -> RejectedModel:
     """A rejected model file and why, without the directories of the paths in the reason
     (the log has them; unauthenticated readers need only the file names)."""
     return RejectedModel(name=rejected.name, reason=_DIRECTORIES.sub("", rejected.reason))
+
+
+def _without_directories(reason: str | None) -> str | None:
+    """A problem as unauthenticated readers may see it: file names, not their directories."""
+    return None if reason is None else _DIRECTORIES.sub("", reason)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends
 
 from api.auth import require_admin
 from api.deps import DaemonDep
+from api.metrics import process_resident_bytes
 from api.openapi import problems
 from api.schemas import ScheduleOut, ScheduleUpdate
 from api.views import schedule_out
@@ -15,8 +16,9 @@ router = APIRouter(prefix="/v1/schedule", tags=["schedule"])
 
 @router.get("", response_model=ScheduleOut)
 def show_schedule(daemon: DaemonDep) -> ScheduleOut:
-    """The policy, alpha, memory budget, objective and per-app plan."""
-    return schedule_out(daemon.runtime.snapshot())
+    """The policy, alpha, memory budget, accounted and measured bytes, objective and per-app
+    plan."""
+    return schedule_out(daemon.runtime.snapshot(), process_resident_bytes())
 
 
 @router.put(
@@ -28,4 +30,4 @@ def show_schedule(daemon: DaemonDep) -> ScheduleOut:
 def change_schedule(body: ScheduleUpdate, daemon: DaemonDep) -> ScheduleOut:
     """Change the policy, alpha or memory budget (admin); the plan is re-solved and applied."""
     changes = body.model_dump(exclude_none=True)
-    return schedule_out(daemon.set_policy(**changes))
+    return schedule_out(daemon.set_policy(**changes), process_resident_bytes())
