@@ -226,11 +226,13 @@ def demo_dirs(plan: DemoPlan, root: Path) -> PipelineDirs:
 
 
 def memory_budget(models_dir: Path, plan: DemoPlan) -> int:
-    """A budget where one app fits its largest descendant but three apps must share."""
-    from nestdnn.nestfile import read_manifest
+    """A budget that holds the largest descendant, the next one and the smallest once, as the
+    daemon accounts them (the profile's resident bytes on the default backend): three apps
+    sharing the model fit their best, three copies of it would not."""
+    from profiles.schema import DEFAULT_BACKEND, descendant_table, load_profile
 
-    manifest = read_manifest(models_dir / f"{plan.model_name}.nest")
-    sizes = [d.bytes for d in manifest.descendants]
+    profile = load_profile(models_dir / f"{plan.model_name}.profile.json")
+    sizes = [d.memory_bytes for d in descendant_table(profile, DEFAULT_BACKEND, "resident")]
     return int(sizes[-1] + sizes[-2] + sizes[0]) + 1
 
 
@@ -310,7 +312,8 @@ def play_scenario(daemon: Daemon, plan: DemoPlan, frames: np.ndarray) -> None:
     ids: dict[str, str] = {}
     previous: dict[str, tuple[int, float]] = {}
     budget_mb = daemon.budget / 1e6
-    print(f"\nscenario: three apps share one {budget_mb:.2f} MB model budget and the CPU\n")
+    print(f"\nscenario: three apps share one {budget_mb:.2f} MB model budget and the CPU"
+          " (apps on the same descendant share one copy)\n")
     for event, name, value in SCENARIO:
         role = ROLES[name]
         if event == "start":
@@ -375,9 +378,21 @@ def format_plan(schedule: dict[str, Any], names: dict[str, str], measured: dict[
         )
     if not schedule["apps"]:
         rows.append("   (no apps)")
-    used = schedule["accounted_bytes"] / 1e6
-    rows.append(f"   memory {used:.2f} / {schedule['memory_budget_bytes'] / 1e6:.2f} MB")
+    rows.append(f"   memory {memory_line(schedule)}")
     return "\n".join(rows)
+
+
+def memory_line(schedule: dict[str, Any]) -> str:
+    """The model bytes held (shared copies counted once) beside what one copy per app of the
+    same plan would hold, and the budget."""
+    held = (schedule["accounted_bytes"] - schedule["idle_bytes"]) / 1e6
+    copies = sum(app["resident_bytes"] for app in schedule["apps"]) / 1e6
+    idle = schedule["idle_bytes"] / 1e6
+    budget = schedule["memory_budget_bytes"] / 1e6
+    warm = f" + {idle:.2f} MB of warm rungs" if idle else ""
+    over = ", over the budget" if copies > budget else ""
+    return (f"{held:.2f} MB held{warm} (one copy per app: {copies:.2f} MB{over}),"
+            f" budget {budget:.2f} MB")
 
 
 def explain(
