@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from nestdnn import cli
 from nestdnn.checkpoint import load_checkpoint
@@ -130,6 +132,30 @@ def test_train_writes_checkpoint_and_report(
     # Rerunning the finished command resumes from the saved state instead of retraining.
     assert cli.main(args) == 0
     assert json.loads((out / "train.json").read_text())["history"] == report["history"]
+
+
+def test_a_streamed_image_folder_is_trained_and_pruned_streamed(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(20):
+            pixels = rng.integers(0, 256, (12, 12), dtype=np.uint8)
+            Image.fromarray(pixels, "L").save(tmp_path / "images" / label / f"{i}.png")
+    data = ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "images")]
+    train = ["-q", "train", "--arch", "vgg11", "--width-mult", "0.0625", *data, "--loader",
+             "stream", "--workers", "0", "--epochs", "1", "--batch-size", "8", "--threads", "1",
+             "--out", str(tmp_path / "run")]  # fmt: skip
+    assert cli.main(train) == 0
+    _, meta = load_checkpoint(tmp_path / "run" / "vanilla.pt")
+    assert meta["streaming"] is True and meta["class_names"] == ["a", "b"]
+    prune = ["-q", "prune", "--model", str(tmp_path / "run" / "vanilla.pt"), *data[:2],
+             "--min-accuracy", "0", "--min-retrain-steps", "2", "--max-steps", "1",
+             "--triplets", "8", "--workers", "0", "--threads", "1",
+             "--out", str(tmp_path / "prune")]  # fmt: skip
+    assert cli.main(prune) == 0
+    roadmap = json.loads((tmp_path / "prune" / "roadmap.json").read_text())
+    assert roadmap["dataset"]["streaming"] is True
+    assert [a["retrain_steps"] for a in roadmap["attempts"]] == [2]
 
 
 def test_train_with_explicit_widths(tmp_path: Path) -> None:

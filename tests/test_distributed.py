@@ -252,6 +252,27 @@ def test_nproc_trains_with_two_processes_and_rank_0_writes(tmp_path: Path) -> No
     assert report["processes"] == 2 and report["device"] == "cpu"
 
 
+def test_prune_and_recover_run_under_torchrun(tmp_path: Path) -> None:
+    train = subprocess.run([*NESTDNN, *TRAIN, "--epochs", "2", "--out", str(tmp_path)],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert train.returncode == 0, train.stderr[-3000:]
+    prune = [*NESTDNN, "prune", "--model", str(tmp_path / "vanilla.pt"), "--dataset",
+             "synthetic", "--min-accuracy", "0", "--ratio", "0.25", "--min-retrain-steps", "4",
+             "--retrain-epochs", "0.1", "--batch-size", "32", "--triplets", "16",
+             "--max-steps", "2", "--threads", "1", "--nproc", "2", "--out",
+             str(tmp_path / "prune")]  # fmt: skip
+    run = subprocess.run(prune, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("seed: step 2") == 1  # rank 0 prints
+    recover = [*NESTDNN, "recover", "--prune-dir", str(tmp_path / "prune"), "--descendants",
+               "3", "--epochs-per-level", "0.2", "--batch-size", "32", "--threads", "1",
+               "--nproc", "2", "--out", str(tmp_path / "model.nest")]  # fmt: skip
+    run = subprocess.run(recover, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "accuracies match" in run.stderr  # every descendant re-measured from the file
+    assert run.stdout.count("wrote ") == 1 and not (tmp_path / "model.nest.work").exists()
+
+
 def test_batch_size_must_split_evenly_between_processes() -> None:
     from nestdnn.training import plan_batches
 
