@@ -190,3 +190,36 @@ def test_apps_that_no_longer_fit_wait_instead_of_being_dropped(
         assert runtime.submit(second.id, frame(runtime, "mic")).result(timeout=60)
     finally:
         runtime.stop()
+
+
+def test_a_snapshot_in_the_middle_of_a_reload_lists_every_app(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the new catalogue and the new plan (a reload re-attaching the apps of a changed
+    model), readers see every app, and no descendant the rebuilt model lacks: before, such a
+    snapshot dropped the app, or failed and turned a registration that had succeeded into a
+    500."""
+    runtime = started(models, tmp_path / "state")
+    try:
+        cam = runtime.register(AppSpec(model="cam", fps=30))
+        assert runtime.info(cam.id).descendant == 2
+        replacement = tmp_path / "new.nest"
+        write_synthetic_nest(replacement, width_mults=(0.125, 0.25), accuracies=(0.6, 0.7),
+                             seed=9)
+        write_synthetic_profile(replacement)
+        os.replace(replacement.with_name("new.profile.json"), models / "cam.profile.json")
+        os.replace(replacement, models / "cam.nest")
+        seen = []
+        replan = Runtime._replan_reloaded
+
+        def observed(self: Runtime, changed: set[str]) -> None:
+            seen.append(self.snapshot())
+            replan(self, changed)
+
+        monkeypatch.setattr(Runtime, "_replan_reloaded", observed)
+        runtime.reload()
+        [app] = seen[0].apps
+        assert app.id == cam.id and app.latency_assumed_s is None
+        assert runtime.submit(cam.id, frame(runtime, "cam")).result(timeout=60).descendant < 2
+    finally:
+        runtime.stop()

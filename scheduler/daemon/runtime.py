@@ -20,6 +20,7 @@ See docs/runtime.md for the threading model and docs/formats.md for the API cont
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -160,8 +161,12 @@ class Runtime:
                  {n: round(s, 3) for n, s in scales.items()})
         return scales
 
-    def _profiled_latency(self, key: tuple[str, int]) -> float:
-        return self._backend.descendants(self.catalogue.entries[key[0]])[key[1]].latency_s
+    def _profiled_latency(self, key: tuple[str, int]) -> float | None:
+        """The profile's latency of a descendant; None if the catalogue has none now (its
+        model was removed or rebuilt by a reload)."""
+        entry = self.catalogue.entries.get(key[0])
+        descendants = [] if entry is None else self._backend.descendants(entry)
+        return descendants[key[1]].latency_s if key[1] < len(descendants) else None
 
     def _replan_for_speed(self) -> None:
         """A model's measured speed strayed past the threshold: re-plan in the background.
@@ -279,6 +284,7 @@ class Runtime:
                     entry.nest.close()
                     fresh.entries[name] = old[name]
             self._detach_models(changed)
+            self._speed.forget(changed)
             self.catalogue = fresh
             self._prepare_backend()
             self._speed.start_scales(self._reference_scales())
@@ -364,12 +370,7 @@ class Runtime:
         """Policy, budget, accounted bytes, the plan and every app's measured figures."""
         committed = self._committed
         solution = committed.solution
-        statuses = []
-        for app in committed.apps.values():
-            try:
-                statuses.append(self._status(committed, app))
-            except UnknownApp:  # unregistered while we looked
-                continue
+        statuses = [self._status(committed, app) for app in committed.apps.values()]
         return Snapshot(
             policy=committed.policy, method=committed.method, alpha=committed.alpha,
             memory_budget_bytes=committed.memory_budget_bytes,
@@ -381,10 +382,17 @@ class Runtime:
         )
 
     def _status(self, committed: _Committed, app: _App) -> AppStatus:
+        """One app's status, from the plan it was given and what the manager and executor
+        hold for it now (an app between two plans, e.g. re-attached by a reload, has no
+        resident or counters for a moment)."""
         state, problem = self._state(committed, app)
-        part = _assigned(committed.solution, app.id)
-        resident = self._manager.info(app.id) if state == "serving" else None
-        counters = self._executor.counters(app.id) if state == "serving" else None
+        part = _assigned(committed.solution, app.id) if state == "serving" else None
+        resident = counters = None
+        if state == "serving":
+            with contextlib.suppress(UnknownApp):
+                resident = self._manager.info(app.id)
+            with contextlib.suppress(UnknownApp):
+                counters = self._executor.counters(app.id)
         return AppStatus(
             id=app.id, name=app.name, model=app.spec.model,
             descendant=None if part is None else part.descendant,
@@ -412,7 +420,7 @@ class Runtime:
         committed = self._committed
         app = committed.apps[app_id]
         state, problem = self._state(committed, app)
-        part = _assigned(committed.solution, app_id)
+        part = _assigned(committed.solution, app_id) if state == "serving" else None
         return AppInfo(id=app.id, name=app.name, model=app.spec.model,
                        descendant=None if part is None else part.descendant,
                        share=0.0 if part is None else part.share,

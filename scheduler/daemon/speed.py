@@ -32,10 +32,12 @@ Key = tuple[str, int]
 class SpeedTracker:
     """Per model the latency scale in force; per resident the measured frame time."""
 
-    def __init__(self, profiled: Callable[[Key], float], threshold: float = DEFAULT_THRESHOLD,
+    def __init__(self, profiled: Callable[[Key], float | None],
+                 threshold: float = DEFAULT_THRESHOLD,
                  on_drift: Callable[[], None] | None = None) -> None:
-        """``profiled(key)`` is the profile's latency of a descendant; ``on_drift`` is called
-        (from the worker thread) when a model's measured speed strays past the threshold."""
+        """``profiled(key)`` is the profile's latency of a descendant (None: no such
+        descendant is served now); ``on_drift`` is called (from the worker thread) when a
+        model's measured speed strays past the threshold."""
         self._profiled = profiled
         self._threshold = threshold
         self._on_drift = on_drift
@@ -56,9 +58,18 @@ class SpeedTracker:
         with self._lock:
             return dict(self._scales)
 
-    def assumed(self, key: Key) -> float:
+    def assumed(self, key: Key) -> float | None:
         """The latency the plan assumes for a descendant: profile x its model's scale."""
-        return self._profiled(key) * self.scale(key[0])
+        profiled = self._profiled(key)
+        return None if profiled is None else profiled * self.scale(key[0])
+
+    def forget(self, models: set[str]) -> None:
+        """Drop the scales and measurements of models whose files changed (a reload)."""
+        with self._lock:
+            for model in models:
+                self._scales.pop(model, None)
+            for key in [k for k in self._measured if k[0] in models]:
+                del self._measured[key]
 
     def measured(self, key: Key) -> float | None:
         """The median compute time of a frame over the last frames run alone, if any."""
@@ -69,19 +80,20 @@ class SpeedTracker:
     def observe(self, key: Key | None, frames: int, compute_s: float) -> None:
         """A batch ran on ``key``: frames run alone update its average; past the threshold,
         the model's scale follows the measurement and ``on_drift`` is called."""
-        if key is None or frames != 1:
+        profiled = None if key is None or frames != 1 else self._profiled(key)
+        if key is None or profiled is None:
             return
         with self._lock:
             window = self._measured.setdefault(key, deque(maxlen=MIN_FRAMES))
             window.append(compute_s)
             measured = statistics.median(window)
-            assumed = self._profiled(key) * self._scales.get(key[0], 1.0)
+            assumed = profiled * self._scales.get(key[0], 1.0)
             gap = abs(measured - assumed)
             drifted = (len(window) == MIN_FRAMES and gap > self._threshold * assumed
                        and gap > NOISE_FLOOR_S)
             if drifted:  # the newer half of the window: past the step, if it was one
                 recent = statistics.median(list(window)[MIN_FRAMES // 2:])
-                self._scales[key[0]] = recent / self._profiled(key)
+                self._scales[key[0]] = recent / profiled
                 for other in [k for k in self._measured if k[0] == key[0]]:
                     self._measured[other] = deque(maxlen=MIN_FRAMES)
         if drifted and self._on_drift is not None:
