@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nestdnn.files import read_with_backup, write_with_backup
 from scheduler.problem import Method, Policy, Solution
@@ -59,5 +59,16 @@ def save_state(state_dir: Path, state: RuntimeState) -> Path:
 def load_state(state_dir: Path) -> RuntimeState | None:
     """The persisted state (from the backup copy if the file is damaged or missing), or None
     when there is none; a NestError when both copies are damaged (they stay in place)."""
-    return read_with_backup(state_dir / STATE_FILE, RuntimeState.model_validate_json,
-                            "runtime state", if_removed="with no apps")
+    return read_with_backup(state_dir / STATE_FILE, _parse_state, "runtime state",
+                            if_removed="with no apps")
+
+
+def _parse_state(raw: bytes) -> RuntimeState:
+    """The state in a file's bytes; a ValueError naming the first problem (one line)."""
+    try:
+        return RuntimeState.model_validate_json(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "the file"
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise ValueError(f"{where}: {first['msg']}{more}") from None
