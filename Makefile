@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 EXTRAS ?= dev
 
-.PHONY: demo test lint data install fuzz reproduce clean
+.PHONY: demo test lint data install fuzz chaos reproduce clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ demo: install data
 
 fuzz: install
 	$(PY) benchmarks/fuzz_api.py
+
+# kill -9, model files and state/token files damaged under a live daemon: nothing lost (~2 min)
+chaos: install
+	$(PY) benchmarks/chaos.py
 
 # The paper's evaluation on three real apps -> docs/results.md (~3 h on 2 cores; resumable).
 # TFLite profiles need the export extra (litert-torch), installed here if missing.
