@@ -1,16 +1,16 @@
 """Chaos: nothing acknowledged is lost when `nestdnn serve` is killed, its model files change
 under it, and its state and token files are damaged (issue 17).
 
-Against real `nestdnn serve` processes on loopback (three tiny synthetic models, labelled so),
-each round applies one fault while worker threads register apps, send frames and unregister
-apps, then repairs it as an operator would (the file restored; SIGHUP, POST /v1/admin/reload
-or a restart), and checks every app whose registration was acknowledged (201): still listed,
-its token still authenticates, and it serves again (infer 200). During a model fault the apps
-of the broken model must be listed as unavailable with their token working (infer 503) and
-every other app must serve. Every exit of the daemon is recorded: kill -9 and SIGTERM are
-ours, exit 2 is expected only where both copies of a file are damaged (the daemon refuses to
-start in one line and keeps the files; the round restores one copy as an operator would from
-a device backup); any other exit is a crash.
+Against real `nestdnn serve` processes of this checkout on loopback (three tiny synthetic
+models, labelled so), each round applies one fault while worker threads register apps, send
+frames and unregister apps, then repairs it as an operator would (the file restored; SIGHUP,
+POST /v1/admin/reload or a restart), and checks every app whose registration was acknowledged
+(201): still listed, its token still authenticates, and it serves again (infer 200). During a
+model fault the apps of the broken model must be listed as unavailable with their token
+working (infer 503) and every other app must serve. Every exit of the daemon is recorded: kill
+-9 and SIGTERM are ours, exit 2 is expected only where both copies of a file are damaged (the
+daemon refuses to start in one line and keeps the files; the round restores one copy as an
+operator would from a device backup); any other exit is a crash.
 
 An app is *lost* if it was acknowledged and is no longer listed; a token is *lost* if it no
 longer authenticates its app (401/403). *Orphans* are apps the daemon registered whose answer
@@ -317,7 +317,7 @@ class Chaos:
         self.starts += 1
         serve = ServeProcess(
             self.models, self.state, self.port, self.logs / f"serve-{self.starts:03d}.log",
-            admin_token=ADMIN, registration_token=REGISTRAR,
+            admin_token=ADMIN, registration_token=REGISTRAR, source=ROOT,
         )  # fmt: skip
         try:
             serve.start(timeout_s=120, poll_s=0.02)
