@@ -44,6 +44,24 @@ fuzz: install
 chaos: install
 	$(PY) benchmarks/chaos.py
 
+# Triton's perf_analyzer in its own venv (never the project's): the tritonclient 2.40.0 wheel
+# ships bin/perf_analyzer; it needs the CUDA runtime library (PyPI) and Debian's libb64.
+# Run it with benchmarks/perf_analyzer.sh (sets LD_LIBRARY_PATH); see docs/api.md.
+PERF_TOOLS := .perf-tools
+.PHONY: perf-tools
+perf-tools: $(PERF_TOOLS)/.installed
+
+$(PERF_TOOLS)/.installed:
+	@if ! ldconfig -p | grep -q libb64.so.0d; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && apt-get install -y -qq libb64-0d; \
+		else echo "perf_analyzer needs Debian's libb64-0d: sudo apt-get install libb64-0d"; exit 2; fi; \
+	fi
+	test -x $(PERF_TOOLS)/bin/python || $(PYTHON) -m venv $(PERF_TOOLS)
+	$(PERF_TOOLS)/bin/python -m pip install -q "tritonclient==2.40.0" nvidia-cuda-runtime-cu12
+	benchmarks/perf_analyzer.sh --version
+	touch $@
+
 # The paper's evaluation on three real apps -> docs/results.md (~3 h on 2 cores; resumable).
 # TFLite profiles need the export extra (litert-torch), installed here if missing.
 reproduce: install data
