@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from api import v2
 from api.daemon import ApiSettings, Daemon
 from api.deps import known_query_only
 from api.errors import install_error_handlers
@@ -44,6 +45,7 @@ def create_app(runtime: Runtime, settings: ApiSettings) -> FastAPI:
     app.router.routes.append(infer.InferRoute())  # serves infer ahead of the documented route
     for module in (apps, infer, schedule, models, admin, health):
         app.include_router(module.router)
+    v2.install(app)  # the Open Inference Protocol (KServe v2) beside /v1
     install_error_handlers(app)
     install_openapi(app, open_registration=settings.registration == "open")
     app.add_middleware(

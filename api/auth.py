@@ -118,6 +118,13 @@ class TokenStore:
             expected = self._hashes.get(app_id, "")
         return bool(expected) and hmac.compare_digest(expected, token_hash(token))
 
+    def app_of(self, token: str) -> str | None:
+        """The app whose token this is, if any (each kept hash compared in constant time)."""
+        digest = token_hash(token)
+        with self._lock:
+            hashes = list(self._hashes.items())
+        return next((app for app, kept in hashes if hmac.compare_digest(kept, digest)), None)
+
     def _save(self) -> None:
         """Write the latest hashes (writers are serialised; each writes the newest state)."""
         with self._save_lock:

@@ -121,6 +121,11 @@ class Daemon:
         """The models served now (a reload replaces the runtime's catalogue)."""
         return self.runtime.catalogue
 
+    @property
+    def running(self) -> bool:
+        """Whether the runtime has started and not stopped (the daemon can infer)."""
+        return self._running
+
     def start(self) -> None:
         """Load the app token hashes, then start the runtime (restoring apps); a NestError
         when either cannot be read. Starting again does nothing (`nestdnn serve` starts the

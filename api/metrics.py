@@ -1,9 +1,13 @@
-"""Prometheus metrics: live runtime state read at scrape time, plus latency and request counts."""
+"""Prometheus metrics: live runtime state read at scrape time, plus latency and request counts,
+and per model and version (descendant) the inference figures Triton users read."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -79,6 +83,79 @@ class RuntimeCollector(Collector):
             )
 
 
+@dataclass(frozen=True)
+class Tally:
+    """Inference figures of one model version since the daemon started (as Triton's
+    statistics: requests that succeeded or failed, rows run, durations in microseconds, the
+    last inference in milliseconds since the epoch)."""
+
+    success: int = 0
+    failure: int = 0
+    rows: int = 0
+    executions: float = 0.0
+    request_us: float = 0.0
+    queue_us: float = 0.0
+    compute_us: float = 0.0
+    last_inference_ms: int = 0
+
+
+class InferenceTallies(Collector):
+    """Per (model, version) `Tally`, fed by both APIs' infer routes; exported as
+    ``nestdnn_inference_*`` counters and read by /v2's statistics."""
+
+    FAMILIES = (
+        ("request_success", "success", "Inference requests that succeeded."),
+        ("request_failure", "failure", "Inference requests that failed (any error answer)."),
+        ("count", "rows", "Frames (rows) inferred."),
+        ("exec_count", "executions", "Backend calls (batches) that ran the frames."),
+        ("request_duration_us", "request_us", "Request time, arrival to answer (us)."),
+        ("queue_duration_us", "queue_us", "Time the frames waited in the app's queue (us)."),
+        ("compute_infer_duration_us", "compute_us",
+         "Compute time of the frames, each its part of its batch (us)."),
+    )
+
+    def __init__(self) -> None:
+        self._tallies: dict[tuple[str, str], Tally] = {}
+        self._lock = threading.Lock()
+
+    def success(self, model: str, version: int, rows: int, executions: float,
+                request_s: float, queue_s: float, compute_s: float) -> None:
+        """Count a request that ran ``rows`` frames on descendant ``version``, as
+        ``executions`` backend calls (a frame of a batch of n counts 1/n)."""
+        key = (model, str(version))
+        with self._lock:
+            old = self._tallies.get(key, Tally())
+            self._tallies[key] = replace(
+                old, success=old.success + 1, rows=old.rows + rows,
+                executions=old.executions + executions,
+                request_us=old.request_us + request_s * 1e6,
+                queue_us=old.queue_us + queue_s * 1e6,
+                compute_us=old.compute_us + compute_s * 1e6,
+                last_inference_ms=int(time.time() * 1000))
+
+    def failure(self, model: str, version: int | None) -> None:
+        """Count a failed request (``version`` None: before any descendant was known)."""
+        key = (model, "" if version is None else str(version))
+        with self._lock:
+            old = self._tallies.get(key, Tally())
+            self._tallies[key] = replace(old, failure=old.failure + 1)
+
+    def of(self, model: str) -> dict[str, Tally]:
+        """The tallies of a model's versions."""
+        with self._lock:
+            return {v: tally for (m, v), tally in self._tallies.items() if m == model}
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            tallies = dict(self._tallies)
+        for suffix, field, text in self.FAMILIES:
+            family = CounterMetricFamily(f"nestdnn_inference_{suffix}", text,
+                                         labels=["model", "version"])
+            for (model, version), tally in sorted(tallies.items()):
+                family.add_metric([model, version], float(getattr(tally, field)))
+            yield family
+
+
 class ApiMetrics:
     """The API's own registry (not the process-global one, so several apps can coexist)."""
 
@@ -116,7 +193,9 @@ class ApiMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.inference = InferenceTallies()
         self.registry.register(RuntimeCollector(snapshot))
+        self.registry.register(self.inference)
 
     def forget_app(self, app_id: str) -> None:
         """Drop an unregistered app's latency series."""

@@ -7,7 +7,7 @@ import asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.metrics import ApiMetrics
-from api.problems import problem
+from api.problems import error_answer
 from nestdnn.errors import NestError
 
 CLOSE = {"connection": "close"}
@@ -48,11 +48,15 @@ class BodyLimits:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            refusal = problem(413, self._too_large(), "body-too-large", headers=CLOSE)
+            refusal = error_answer(
+                scope["path"], 413, self._too_large(), "body-too-large", headers=CLOSE
+            )
             await refusal(scope, receive, send)
             return
         if declared is not None and self.in_flight + declared > self.in_flight_limit:
-            refusal = problem(503, self._busy(), "bodies-in-flight", headers=BUSY)
+            refusal = error_answer(
+                scope["path"], 503, self._busy(), "bodies-in-flight", headers=BUSY
+            )
             await refusal(scope, receive, send)
             return
         received = 0
@@ -141,7 +145,9 @@ class HostCheck:
                     if host
                     else "the request has no Host header"
                 )
-                refusal = problem(421, detail, "host-not-allowed", headers=CLOSE)
+                refusal = error_answer(
+                    scope["path"], 421, detail, "host-not-allowed", headers=CLOSE
+                )
                 await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -1,5 +1,9 @@
 """RFC 9457 problem details: every error answer of the API has one body shape.
 
+On the Open Inference Protocol's paths (``/v2``, `api.v2`) the protocol's own shape is
+answered instead: ``{"error": "..."}`` as ``application/json``, with 400 where /v1 says 422
+(`error_answer` picks by path, for the exception handlers and the middleware alike).
+
 ``{"type", "title", "status", "detail"}`` plus, for some kinds, a member of their own
 (``bytes_missing``, ``reason``, ``errors``), served as ``application/problem+json``. ``type``
 is ``urn:nestdnn:problem:KIND`` for the kinds listed in `KINDS` (docs/api.md describes each),
@@ -17,6 +21,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+V2_PREFIX = "/v2"
 TYPE_PREFIX = "urn:nestdnn:problem:"
 MAX_DETAIL_CHARS = 1000
 _ADDRESS = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
@@ -95,6 +100,34 @@ def problem(
         headers=headers,
         media_type=PROBLEM_MEDIA_TYPE,
     )
+
+
+def is_v2(path: str) -> bool:
+    """Whether a request path is one of the Open Inference Protocol's (``/v2``...)."""
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def v2_status(status: int) -> int:
+    """The protocol's status for one of ours: a request that cannot be used is a 400."""
+    return 400 if status == 422 else status
+
+
+def error_answer(
+    path: str,
+    status: int,
+    detail: str,
+    kind: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """The error answer for a request to ``path``: ``{"error": detail}`` on /v2 (the
+    protocol's, without the problem's extra members), else a problem of this kind."""
+    if is_v2(path):
+        return JSONResponse(
+            {"error": clean_detail(detail)}, status_code=v2_status(status), headers=headers
+        )
+    return problem(status, detail, kind, headers=headers, **extra)
 
 
 def raw_problem(status: int, detail: str, kind: str | None = None) -> bytes:
