@@ -271,7 +271,7 @@ def main() -> int:
         print(f"priority {r.priority:.0f}: planned {r.planned:.3f} measured {r.measured:.3f}"
               f" error {r.error:.3f}")
     result = {
-        "models": str(models) if args.models else "synthetic stand-ins",
+        "models": models.name if args.models else "synthetic stand-ins",
         "synthetic": args.quick, "seconds": args.seconds,
         "load_average": [load_before, os.getloadavg()[0]],
         "tenancy": [asdict(r) for r in tenancy],
