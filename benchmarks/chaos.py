@@ -146,6 +146,11 @@ class Ledger:
                     self.apps[app.id] = app
             self.in_doubt.clear()
 
+    def settled(self, app_id: str) -> bool:
+        """Whether the app is acknowledged and no deletion of it is under way or in doubt."""
+        with self.lock:
+            return app_id in self.apps and app_id not in self.deleting
+
     def __len__(self) -> int:
         with self.lock:
             return len(self.apps)
@@ -246,7 +251,7 @@ class Load:
         with self._lock:
             if status in (401, 403):
                 self.stats.tokens_refused += 1
-            elif status == 404 and app.id in self.ledger.apps:
+            elif status == 404 and self.ledger.settled(app.id):
                 self.stats.vanished += 1
 
     def _count(self, what: str, status: int) -> None:
@@ -719,7 +724,8 @@ def report(rounds: list[Round], total: dict) -> str:
     lines.append(
         f"{total['rounds']} rounds, {total['requests']} requests under load: apps lost "
         f"{total['apps_lost']}, tokens lost {total['tokens_lost']} (refused meanwhile "
-        f"{total['tokens_refused_during']}), crashes {total['crashes']},"
+        f"{total['tokens_refused_during']}), apps unknown under load (404) "
+        f"{total['apps_vanished_under_load']}, crashes {total['crashes']},"
         f" wrong states {total['wrong_state']}, not serving after repair "
         f"{total['not_serving_after']}, 5xx other than 503 {total['server_errors']}; orphans "
         f"{total['orphans']}; daemon exit codes {total['exit_codes']}"

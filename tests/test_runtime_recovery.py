@@ -198,7 +198,7 @@ def test_a_snapshot_in_the_middle_of_a_reload_lists_every_app(
     """Between the new catalogue and the new plan (a reload re-attaching the apps of a changed
     model), readers see every app, and no descendant the rebuilt model lacks: before, such a
     snapshot dropped the app, or failed and turned a registration that had succeeded into a
-    500."""
+    500; and the app's frames were refused as if it did not exist (404), not as unavailable."""
     runtime = started(models, tmp_path / "state")
     try:
         cam = runtime.register(AppSpec(model="cam", fps=30))
@@ -214,6 +214,8 @@ def test_a_snapshot_in_the_middle_of_a_reload_lists_every_app(
 
         def observed(self: Runtime, changed: set[str]) -> None:
             seen.append(self.snapshot())
+            with pytest.raises(ModelUnavailable, match="re-planned"):  # not an unknown app
+                self.submit(cam.id, np.zeros((1, 16, 16), dtype=np.float32))
             replan(self, changed)
 
         monkeypatch.setattr(Runtime, "_replan_reloaded", observed)

@@ -349,7 +349,14 @@ class Runtime:
         state, problem = self._state(committed, app)
         if state != "serving":
             raise ModelUnavailable(f"app '{app_id}' is {state}: {problem}")
-        return self._executor.submit(app_id, _checked_frame(frame, self._entry(app.spec.model)))
+        checked = _checked_frame(frame, self._entry(app.spec.model))
+        try:
+            return self._executor.submit(app_id, checked)
+        except UnknownApp:
+            if app_id not in self._committed.apps:  # unregistered meanwhile
+                raise
+            raise ModelUnavailable(f"app '{app_id}' is being re-planned (its model is"
+                                   " reloading or it is leaving the plan); retry") from None
 
     def info(self, app_id: str) -> AppInfo:
         """An app as registered, with its part of the plan in force."""
