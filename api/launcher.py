@@ -39,15 +39,20 @@ class ServeProcess:
         registration_token: str | None = None,
         extra_args: Sequence[str] = (),
         source: Path | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
         """``source``: another checkout of the project to run the daemon from (``python -m
-        nestdnn.cli`` in that directory), e.g. to measure an older commit."""
+        nestdnn.cli`` in that directory), e.g. to measure an older commit; ``command``: the
+        `nestdnn` command of another installation (e.g. a device install's virtual
+        environment). By default this interpreter's."""
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self.admin_token = admin_token
         self.registration_token = registration_token
         self.source = source
-        command = nestdnn_command() if source is None else [sys.executable, "-m", "nestdnn.cli"]
+        if command is None:
+            command = (nestdnn_command() if source is None
+                       else [sys.executable, "-m", "nestdnn.cli"])
         self.argv = [
             *command,
             "serve",
