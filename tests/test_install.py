@@ -66,12 +66,18 @@ def test_serve_on_the_default_backend_never_loads_torch(tmp_path: Path) -> None:
         frame = np.random.default_rng(0).standard_normal((1, 16, 16)).astype(np.float32)
         answers = [client.infer(app.id, frame) for _ in range(5)]
         assert {a["descendant"] for a in answers} == {app.descendant}
+        tensor = {"name": "input", "shape": [1, 16, 16], "datatype": "FP32",
+                  "data": frame.ravel().tolist()}
+        v2 = client.http.post("/v2/models/cam/infer", json={"inputs": [tensor]},
+                              headers={"authorization": f"Bearer {app.token}"})
+        assert v2.json()["model_version"] == str(app.descendant)
         mapped = mapped_files(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=60)
     assert any("onnxruntime" in path for path in mapped)
     assert [path for path in mapped if "/torch/" in path or "libtorch" in path] == []
+    assert [path for path in mapped if "tritonclient" in path or "gevent" in path] == []
     assert "cam: building 3 onnxruntime graphs" in (tmp_path / "serve.log").read_text()
     assert list((models / "cam.nest.onnxruntime").rglob("d*.onnx"))
 

@@ -32,6 +32,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "nestdnn.nestfile": ("torch", "torchvision"),
     "nestdnn.files": ("torch",),
     "nestdnn.errors": ("torch",),
+    # the device's REST layer: no torch; tritonclient is a client of /v2 (tests, benchmarks)
+    "api": ("torch", "torchvision", "tritonclient"),
 }
 
 

@@ -111,15 +111,22 @@ async def infer(request: Request, app_id: str) -> Response:
     check_app_token(daemon.auth, app_id, bearer_credentials(request.headers.get("authorization")))
     top_k = _top_k(request)
     entry = daemon.entry(app_id)
-    frame = await _read_frame(request, daemon, daemon.frame_spec(entry))
     try:
+        frame = await _read_frame(request, daemon, daemon.frame_spec(entry))
         prediction = await asyncio.wrap_future(daemon.submit(app_id, frame))
     except BadModelOutput as exc:
         daemon.metrics.bad_outputs.labels(entry.name).inc()
+        daemon.metrics.inference.failure(entry.name, None)
         log.error("app %s, model %s: %s (answered 502)", app_id, entry.name, exc)
+        raise
+    except Exception:
+        daemon.metrics.inference.failure(entry.name, None)
         raise
     total = time.perf_counter() - arrived
     daemon.metrics.latency.labels(app_id).observe(total)
+    daemon.metrics.inference.success(
+        entry.name, prediction.descendant, 1, 1.0 / prediction.batch, total,
+        prediction.queue_s, prediction.compute_s / prediction.batch)
     answer = _answer(prediction, entry, top_k or daemon.settings.top_k, total)
     return Response(answer.model_dump_json(), media_type="application/json")  # built once
 
