@@ -58,10 +58,20 @@ class RuntimeCollector(Collector):
                 "nestdnn_app_resident_bytes", "Resident weight bytes of the app.", labels=labels
             ),
         }
+        states = GaugeMetricFamily(
+            "nestdnn_app_state",
+            "1 for the app's state: serving, waiting (no room in the plan) or unavailable (its"
+            " model is missing or broken).",
+            labels=[*labels, "state"],
+        )
         for app in snap.apps:
             for field, family in per_app.items():
-                family.add_metric([app.id, app.model], float(getattr(app, field)))
+                value = getattr(app, field)
+                if value is not None:  # an app that is not serving has no descendant
+                    family.add_metric([app.id, app.model], float(value))
+            states.add_metric([app.id, app.model, app.state], 1.0)
         yield from per_app.values()
+        yield states
         yield CounterMetricFamily(
             "nestdnn_switches",
             "Descendant switches, all apps.",

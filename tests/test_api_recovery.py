@@ -195,6 +195,10 @@ def test_an_app_broken_at_start_is_listed_with_its_problem_and_serves_after_a_re
         assert shown["state"] == "unavailable" and "truncated" in shown["problem"]
         assert str(models) not in shown["problem"]  # file names, not directories
         assert (shown["descendant"], shown["accuracy"]) == (None, None)
+        metrics = api.metrics()  # before: float(None) for its descendant, a 500
+        assert f'nestdnn_app_state{{app="{app.id}",model="cam",state="unavailable"}} 1.0' in (
+            metrics
+        )
         with pytest.raises(ApiError) as unavailable:
             api.infer(app.id, FRAME, token=app.token)
         assert unavailable.value.status == 503
