@@ -1,4 +1,4 @@
-"""Scheduler: cost model, MinTotalCost / MinMaxCost solvers, baseline and trace simulator."""
+"""Scheduler: cost model, MinTotalCost / MinMaxCost solvers, baselines and trace simulator."""
 
 from scheduler.cost import cost
 from scheduler.problem import (
@@ -15,9 +15,11 @@ from scheduler.simulate import SimulationResult, SwapModel, Trace, random_trace,
 from scheduler.solve import (
     Tolerance,
     baseline,
+    independent,
     min_max_cost,
     min_total_cost,
     resolve,
+    smallest,
     solve,
 )
 
@@ -34,6 +36,7 @@ __all__ = [
     "Trace",
     "baseline",
     "cost",
+    "independent",
     "load_problem",
     "min_max_cost",
     "min_total_cost",
@@ -41,5 +44,6 @@ __all__ = [
     "random_trace",
     "resolve",
     "simulate",
+    "smallest",
     "solve",
 ]

@@ -1,5 +1,8 @@
 """How many queued frames of one resident descendant to run as one batch.
 
+Used by the daemon's executor (`scheduler.daemon.executor`) and by the simulator's replay of
+it (`scheduler.replay`), so that both take the same decisions from the same service times.
+
 Per resident the executor learns the service time of a batch of n frames, t(n) = a + b * n:
 ``a`` the fixed cost of a call (the runtime's own work, per-layer overheads), ``b`` the cost
 per frame. A batch lowers the cost per frame only when ``a`` matters; and it makes the frame

@@ -17,9 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from nestdnn.errors import NestError, validation_message
 
-Policy = Literal["min-total-cost", "min-max-cost", "baseline"]
+Policy = Literal["min-total-cost", "min-max-cost", "baseline", "independent", "smallest"]
 Method = Literal["exact", "greedy"]
-POLICIES: tuple[Policy, ...] = ("min-total-cost", "min-max-cost", "baseline")
+POLICIES: tuple[Policy, ...] = ("min-total-cost", "min-max-cost", "baseline", "independent",
+                                "smallest")
+BASELINES: tuple[Policy, ...] = ("baseline", "independent", "smallest")
+"""Policies without a solver: each app's descendant is fixed by a rule, shares are equal
+(docs/scheduler.md, "Baselines")."""
 METHODS: tuple[Method, ...] = ("exact", "greedy")
 
 _INPUT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -200,7 +204,7 @@ class Solution(BaseModel):
     solve_time_s: float
     apps: list[Assignment]
     policy: Policy
-    method: Method | None = Field(description="None for the baseline, which has no solver.")
+    method: Method | None = Field(description="None for the baselines, which have no solver.")
     memory_used_bytes: int = Field(
         description="Bytes of the plan's resident objects: one copy per shared id."
     )

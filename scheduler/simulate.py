@@ -32,12 +32,16 @@ idle share to whoever has frames, loads and switches when a plan is applied, and
 plan does not fit, on-demand loads with least-recently-used eviction before a frame. That
 model also predicts processor time (``Summary.cpu_s``) and the number of loads.
 
-A NestDNN policy re-solves at every event with the switch-aware `resolve`. Apps are
-admitted in start order; one that cannot join those before it (the least memory of any plan
-for them would exceed the budget -- shared ids counted once -- or no share step is left) is
-*paused* -- no compute, no frames, no descendant -- until it fits, as the daemon would refuse
-it. The baseline pauses an app only when no share step is left or its model alone exceeds
-the budget.
+A NestDNN policy re-solves at every event with the switch-aware `resolve`; the baselines
+(`scheduler.solve`: resource-agnostic ``baseline``, ``independent``, ``smallest``) apply
+their rule. Apps are admitted in start order; one that cannot join those before it is
+*paused* -- no compute, no frames, no descendant -- until it fits, as the daemon makes it
+wait: for NestDNN and ``smallest`` when the least memory of any plan for them would exceed
+the budget (shared ids counted once), for ``independent`` when their fixed copies would, for
+the resource-agnostic baseline (which swaps) when its model alone would; and for every
+policy when no share step is left. ``independent`` apps hold copies of their own (their
+descendants' ids are ignored) and divide the budget among ``slots`` apps, by default the
+most apps the trace runs at once (`peak_apps`).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nestdnn.errors import NestError, validation_message
 from scheduler.problem import (
+    BASELINES,
     App,
     Method,
     Policy,
@@ -65,7 +70,13 @@ from scheduler.problem import (
 )
 from scheduler.replay import DescendantCosts, ExecutorReplay, PlannedLane, RuntimeModel
 from scheduler.sharing import ObjectKey, Residency, object_key
-from scheduler.solve import Tolerance, baseline, baseline_descendant, resolve
+from scheduler.solve import (
+    Tolerance,
+    baseline_descendant,
+    independent_descendant,
+    resolve,
+    unshared,
+)
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +360,7 @@ class _Simulator:
     solve_cpu_s: float = 0.0
     replay: ExecutorReplay | None = None
     stopped: list[str] = field(default_factory=list)
+    slots: int = 1
 
     def run(self) -> SimulationResult:
         """Apply each time's events, re-plan, integrate until the next event time."""
@@ -378,7 +390,8 @@ class _Simulator:
     def _apply(self, event: Event) -> None:
         """Change the running set, an app's spec or the budget."""
         if isinstance(event, AppStart):
-            self.running[event.app.name] = _Running(event.app, event.fps, event.time_s)
+            app = unshared(event.app) if self.policy == "independent" else event.app
+            self.running[event.app.name] = _Running(app, event.fps, event.time_s)
         elif isinstance(event, AppStop):
             done = self.running.pop(event.name)
             done.stop_s = event.time_s
@@ -403,31 +416,33 @@ class _Simulator:
 
     def _solve(self, apps: list[_Running]) -> Solution:
         problem = self._problem(apps)
-        if self.policy == "baseline":
-            return baseline(problem)
         current = self.plan if self.plan is not None and self.plan.feasible else None
-        return resolve(problem, current, self.policy, self.method, self.tolerance)
+        return resolve(problem, current, self.policy, self.method, self.tolerance,
+                       slots=self.slots)
 
     def _admitted(self) -> list[_Running]:
-        """The running apps in start order, skipping any that cannot join those before it.
-
-        NestDNN policies need one share step and the smallest descendant's bytes per app
-        (so that a plan exists); the baseline needs one share step and its model alone to
-        fit the budget (it swaps the rest).
-        """
+        """The running apps in start order, skipping any that cannot join those before it
+        (module docstring)."""
         admitted: list[_Running] = []
         for app in sorted(self.running.values(), key=lambda a: a.start_s):
             if len(admitted) == self.trace.share_units:
                 break
-            if self.policy == "baseline":
-                need = app.app.descendants[baseline_descendant(app.app)].memory_bytes
-            else:
-                need = Residency.of([a.app for a in [*admitted, app]]).least_memory()
-            if need <= self.budget:
+            if self._need([*admitted, app]) <= self.budget:
                 admitted.append(app)
             else:
                 log.info("%s cannot be scheduled now; paused", app.app.name)
         return admitted
+
+    def _need(self, apps: list[_Running]) -> int:
+        """The bytes the policy needs to run ``apps`` (the last one joining the others)."""
+        if self.policy == "baseline":
+            last = apps[-1].app
+            return last.descendants[baseline_descendant(last)].memory_bytes
+        if self.policy == "independent":
+            quota = self.budget // self.slots
+            return sum(a.app.descendants[independent_descendant(a.app, quota)].memory_bytes
+                       for a in apps)
+        return Residency.of([a.app for a in apps]).least_memory()
 
     def _replan(self, now: float) -> None:
         """Solve for the admitted apps; the others are paused."""
@@ -590,7 +605,7 @@ class _Simulator:
         )
         return SimulationResult(
             policy=self.policy,
-            method=None if self.policy == "baseline" else self.method,
+            method=None if self.policy in BASELINES else self.method,
             alpha=self.alpha,
             duration_s=end,
             summary=summary,
@@ -607,16 +622,28 @@ def simulate(
     tolerance: Tolerance | None = None,
     swap: SwapModel | None = None,
     runtime: RuntimeModel | None = None,
+    slots: int | None = None,
 ) -> SimulationResult:
     """Replay `trace` under a policy and integrate the figures (see the module docstring).
 
     ``runtime``: replay the daemon's executor and model manager frame by frame with these
-    costs (`scheduler.replay`) instead of the fluid model.
+    costs (`scheduler.replay`) instead of the fluid model. ``slots``: the apps the
+    independent baseline divides the memory budget among (default: `peak_apps`).
     """
     return _Simulator(
         trace, policy, method, alpha, tolerance or Tolerance(), swap or SwapModel(),
-        runtime=runtime,
+        runtime=runtime, slots=slots or peak_apps(trace),
     ).run()
+
+
+def peak_apps(trace: Trace) -> int:
+    """The most apps the trace runs at once (at least 1); events at one time apply together."""
+    running = peak = 0
+    for _, events in itertools.groupby(trace.events, _time):
+        for event in events:
+            running += isinstance(event, AppStart) - isinstance(event, AppStop)
+        peak = max(peak, running)
+    return max(1, peak)
 
 
 def random_trace(

@@ -1,5 +1,6 @@
-"""Scheduling policies: MinTotalCost and MinMaxCost (exact or greedy), the resource-agnostic
-baseline, and the switch-aware re-solve used on every event."""
+"""Scheduling policies: MinTotalCost and MinMaxCost (exact or greedy), the baselines
+(resource-agnostic, independent, smallest), and the switch-aware re-solve used on every
+event."""
 
 from __future__ import annotations
 
@@ -11,17 +12,35 @@ import numpy as np
 from scheduler.cost import Tables
 from scheduler.exact import Plan, all_options, min_max_level, min_total_plan
 from scheduler.greedy import greedy_min_max, greedy_min_total
-from scheduler.problem import Assignment, Method, Policy, Problem, Solution, residents
+from scheduler.problem import (
+    BASELINES,
+    App,
+    Assignment,
+    Method,
+    Policy,
+    Problem,
+    Solution,
+    residents,
+)
 
 _LEVEL_RTOL = 1e-12
 
 
 def solve(
-    problem: Problem, policy: Policy = "min-total-cost", method: Method = "exact"
+    problem: Problem,
+    policy: Policy = "min-total-cost",
+    method: Method = "exact",
+    *,
+    slots: int | None = None,
 ) -> Solution:
-    """Solve `problem` with a policy ('min-total-cost', 'min-max-cost' or 'baseline')."""
+    """Solve `problem` with a policy (`scheduler.problem.POLICIES`); ``slots``: the apps the
+    independent baseline divides the memory budget among (default: the problem's apps)."""
     if policy == "baseline":
         return baseline(problem)
+    if policy == "independent":
+        return independent(problem, slots)
+    if policy == "smallest":
+        return smallest(problem)
     if policy == "min-total-cost":
         return min_total_cost(problem, method)
     if policy == "min-max-cost":
@@ -135,35 +154,88 @@ def baseline(problem: Problem) -> Solution:
     its target (ties: fewer bytes, then lower index; the smallest descendant if none meets
     it) with an equal share, floored to share_step. The memory budget is ignored by design;
     its memory counts one copy per shared id (as a model server loads one copy per model
-    version); `fits_memory` says whether the models fit, and if not the simulator swaps them.
+    version); `fits_memory` says whether the models fit, and if not they are swapped in and
+    out (the simulator and the daemon load a missing model on demand before its app's
+    frame, evicting the least recently used others).
     """
+    return _fixed(problem, "baseline", [baseline_descendant(a) for a in problem.apps])
+
+
+def independent(problem: Problem, slots: int | None = None) -> Solution:
+    """Independent apps: each its own copy of one fixed descendant, no coordination.
+
+    Every app holds its own copy (shared ids are ignored: nothing is shared between apps)
+    of the most accurate descendant that fits an equal part of the memory budget,
+    ``memory_budget_bytes // slots`` (ties: fewer bytes, then lower index; its smallest
+    descendant if none fits), where ``slots`` is the number of apps that may run at once
+    (default: the problem's apps): the largest models that fit the budget together when that
+    many apps run. The processor is time-sliced equally among them, as an operating system
+    does with runnable processes of equal priority. If the copies do not fit the budget the
+    plan says so (`fits_memory`); apps that do not fit wait, they are never swapped.
+    """
+    if slots is not None and slots < 1:
+        raise ValueError(f"slots must be at least 1, got {slots}")
+    apps = [unshared(a) for a in problem.apps]
+    quota = problem.memory_budget_bytes // (slots or max(1, len(apps)))
+    alone = problem.model_copy(update={"apps": apps})
+    return _fixed(alone, "independent", [independent_descendant(a, quota) for a in apps])
+
+
+def smallest(problem: Problem) -> Solution:
+    """Every app runs its smallest descendant (shared ids as given), with an equal share."""
+    return _fixed(problem, "smallest", [a.smallest for a in problem.apps])
+
+
+def _fixed(problem: Problem, policy: Policy, chosen: list[int]) -> Solution:
+    """The plan of a baseline: the chosen descendants, every app ``floor(U / n)`` units."""
     start = time.perf_counter()
     tables = Tables.of(problem)
     n, units = len(problem.apps), problem.share_units
     if n > units:
         reason, _ = infeasibility(problem, tables) or ("", None)
-        return _infeasible(problem, "baseline", None, reason, None, time.perf_counter() - start)
-    plan = tuple((baseline_descendant(a), units // n) for a in problem.apps)
-    solution = _package(problem, tables, plan, "baseline", None, time.perf_counter() - start)
+        return _infeasible(problem, policy, None, reason, None, time.perf_counter() - start)
+    plan = tuple((d, units // n) for d in chosen)
+    solution = _package(problem, tables, plan, policy, None, time.perf_counter() - start)
     if solution.fits_memory:
         return solution
     over = solution.memory_used_bytes - problem.memory_budget_bytes
+    outcome = "they are swapped in and out" if policy == "baseline" else "some apps must wait"
     reason = (
-        f"the baseline's models need {solution.memory_used_bytes:,} bytes, {over:,} bytes "
-        f"over the memory budget: they are swapped in and out"
+        f"the {policy} plan's models need {solution.memory_used_bytes:,} bytes, {over:,} bytes"
+        f" over the memory budget: {outcome}"
     )
     return solution.model_copy(update={"reason": reason, "bytes_missing": over})
 
 
-def baseline_descendant(app) -> int:
+def baseline_descendant(app: App) -> int:
     """Most accurate descendant meeting the target on the whole processor, else the smallest."""
     meeting = [i for i, d in enumerate(app.descendants) if d.latency_s <= app.target_latency_s]
-    if not meeting:
+    return _most_accurate(app, meeting)
+
+
+def independent_descendant(app: App, quota_bytes: int) -> int:
+    """Most accurate descendant of at most ``quota_bytes``, else the smallest."""
+    fitting = [i for i, d in enumerate(app.descendants) if d.memory_bytes <= quota_bytes]
+    return _most_accurate(app, fitting)
+
+
+def _most_accurate(app: App, candidates: list[int]) -> int:
+    """The most accurate of ``candidates`` (ties: fewer bytes, lower index); the app's
+    smallest descendant if there are none."""
+    if not candidates:
         return app.smallest
     return min(
-        meeting,
+        candidates,
         key=lambda i: (-app.descendants[i].accuracy, app.descendants[i].memory_bytes, i),
     )
+
+
+def unshared(app: App) -> App:
+    """The app with every descendant's id removed: a copy of its own for each descendant."""
+    if all(d.id is None for d in app.descendants):
+        return app
+    descendants = [d.model_copy(update={"id": None}) for d in app.descendants]
+    return app.model_copy(update={"descendants": descendants})
 
 
 def _package(
@@ -255,6 +327,8 @@ def resolve(
     policy: Policy = "min-total-cost",
     method: Method = "exact",
     tolerance: Tolerance | None = None,
+    *,
+    slots: int | None = None,
 ) -> Solution:
     """Re-solve after an event, preferring the current plan to avoid flapping.
 
@@ -262,11 +336,12 @@ def resolve(
     budgets and its objective is within tolerance of the new optimum ("kept"); (2) the best
     plan in which every app of `current` keeps its descendant -- shares may change, which
     loads nothing -- if within tolerance ("kept-descendants"); (3) the new optimum
-    ("new-optimum"). The baseline has no choices and is returned as solved.
+    ("new-optimum"). The baselines have no choices and are returned as solved (``slots``:
+    see `solve`).
     """
     tolerance = tolerance or Tolerance()
-    new = solve(problem, policy, method)
-    if policy == "baseline" or current is None or not new.feasible or not current.feasible:
+    new = solve(problem, policy, method, slots=slots)
+    if policy in BASELINES or current is None or not new.feasible or not current.feasible:
         return new
     assert new.objective is not None
     tables = Tables.of(problem)

@@ -702,7 +702,8 @@ def test_the_runtime_makes_the_simulators_decisions_on_the_same_trace(
     catalogue: ModelCatalogue, make_runtime: Callable[..., Runtime]
 ) -> None:
     """Same apps, same events, same switch-aware re-solve: the applied plans (descendants
-    and shares) equal the simulator's after every event, for NestDNN and the baseline."""
+    and shares) equal the simulator's after every event, for NestDNN and the baselines
+    (independent apps: a copy each, the budget divided among the 3 apps at the peak)."""
     tables = {m: [d.model_copy(update={"id": f"{m}#{k}"})  # shared residents, as planned
                   for k, d in enumerate(catalogue.entries[m].profiled(DEFAULT_BACKEND))]
               for m in MODELS}
@@ -717,10 +718,11 @@ def test_the_runtime_makes_the_simulators_decisions_on_the_same_trace(
         for t, (action, name) in enumerate(steps)]
     budget = sizes(catalogue, "mic")[2] + sizes(catalogue, "cam")[0]  # the baseline swaps
     trace = Trace(duration_s=len(steps), memory_budget_bytes=budget, events=events)
-    for policy in ("min-total-cost", "baseline"):
+    options = {"independent": {"sharing": False, "app_slots": 3}}
+    for policy in ("min-total-cost", "baseline", "independent", "smallest"):
         simulated = [{a.name: (a.descendant, a.share) for a in seg.apps}
                      for seg in simulate(trace, policy).timeline]
-        rt = make_runtime(budget, policy=policy)
+        rt = make_runtime(budget, policy=policy, **options.get(policy, {}))
         ids: dict[str, str] = {}
         live = []
         for action, name in steps:

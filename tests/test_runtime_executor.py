@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nestdnn.models import build_model
-from scheduler.daemon.batching import MAX_BATCH
+from scheduler.batching import MAX_BATCH
 from scheduler.daemon.errors import FrameDropped, QueueFull, UnknownApp
 from scheduler.daemon.executor import Executor, Prediction, Runner, RunResult, percentile
 

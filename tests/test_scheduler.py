@@ -1,4 +1,4 @@
-"""Scheduler solvers against a plain brute force, budgets, infeasibility, baseline, re-solve."""
+"""Scheduler solvers against a plain brute force, budgets, infeasibility, baselines, re-solve."""
 
 from __future__ import annotations
 
@@ -20,13 +20,16 @@ from scheduler import (
     baseline,
     cost,
     exact,
+    independent,
     min_max_cost,
     min_total_cost,
     parse_problem,
     resolve,
+    smallest,
     solve,
 )
 from scheduler.cost import Tables
+from scheduler.problem import POLICIES
 from scheduler.solve import spread_leftover
 
 STEPS = [0.1, 0.125, 0.2, 0.25, 0.5, 1.0]
@@ -243,6 +246,42 @@ def test_baseline_that_does_not_fit_is_still_a_plan() -> None:
     assert "swapped" in (solution.reason or "")
 
 
+def test_independent_apps_take_the_best_copy_within_an_equal_part_of_the_budget() -> None:
+    problem = two_apps(budget=3_000_000)
+    solution = independent(problem)  # 1.5 MB each
+    assert [a.descendant for a in solution.apps] == [1, 1]
+    assert [a.share for a in solution.apps] == [0.5, 0.5]
+    assert solution.fits_memory and solution.memory_used_bytes == 2_400_000
+    # four apps may run at once: 750 kB each; "slow" has nothing that small: its smallest
+    quarter = independent(problem, slots=4)
+    assert [a.descendant for a in quarter.apps] == [0, 0]
+    assert solve(problem, "independent", slots=4).apps == quarter.apps
+    with pytest.raises(ValueError, match="slots"):
+        independent(problem, slots=0)
+
+
+def test_independent_apps_share_nothing_and_may_not_fit() -> None:
+    """Two apps on one model hold a copy each (ids ignored); over the budget the plan says
+    that some apps must wait (no swapping)."""
+    d = Descendant(accuracy=0.9, memory_bytes=1000, latency_s=0.01, id="m#0")
+    apps = [App(name=n, target_latency_s=0.1, descendants=[d]) for n in "ab"]
+    problem = Problem(apps=apps, memory_budget_bytes=1500)
+    assert min_total_cost(problem).memory_used_bytes == 1000  # shared: one copy
+    solution = independent(problem)
+    assert solution.feasible and not solution.fits_memory
+    assert solution.memory_used_bytes == 2000 and solution.bytes_missing == 500
+    assert [r.id for r in solution.residents] == [None, None]
+    assert "must wait" in (solution.reason or "")
+
+
+def test_smallest_runs_every_app_on_its_smallest_descendant() -> None:
+    problem = two_apps(budget=10_000_000)
+    solution = smallest(problem)
+    assert [a.descendant for a in solution.apps] == [0, 0]
+    assert [a.share for a in solution.apps] == [0.5, 0.5] and solution.fits_memory
+    assert resolve(problem, solution, "smallest").apps == solution.apps
+
+
 def test_example_of_the_issue() -> None:
     problem = parse_problem(
         {
@@ -279,7 +318,7 @@ def test_ties_prefer_less_memory_then_lower_index() -> None:
 
 
 def test_empty_problem_is_trivially_feasible() -> None:
-    for policy in ("min-total-cost", "min-max-cost", "baseline"):
+    for policy in POLICIES:
         solution = solve(Problem(apps=[], memory_budget_bytes=0), policy)
         assert solution.feasible and solution.objective == 0.0 and solution.apps == []
 

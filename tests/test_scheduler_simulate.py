@@ -17,8 +17,10 @@ from scheduler.simulate import (
     BudgetChange,
     PriorityChange,
     SwapModel,
+    TargetChange,
     Trace,
     load_trace,
+    peak_apps,
     random_trace,
     simulate,
 )
@@ -325,21 +327,96 @@ def test_runtime_model_swaps_on_demand_with_least_recently_used_eviction() -> No
     assert result.summary.loads == 2 and result.summary.swapping_s == 0.0
 
 
-def test_runtime_model_switches_in_place_when_both_fit_and_counts_cold_loads() -> None:
-    app = App(name="a", target_latency_s=0.05, descendants=[
+def two_rungs() -> App:
+    return App(name="a", target_latency_s=0.05, descendants=[
         Descendant(accuracy=0.7, memory_bytes=100, latency_s=0.001),
         Descendant(accuracy=0.9, memory_bytes=400, latency_s=0.002)])
+
+
+def test_runtime_model_switches_in_place_when_both_fit_and_counts_cold_loads() -> None:
+    """A backend that switches in place (torch) grows and shrinks the resident."""
     trace = Trace(duration_s=3.0, memory_budget_bytes=600, events=[
-        AppStart(time_s=0.0, app=app),
+        AppStart(time_s=0.0, app=two_rungs()),
         BudgetChange(time_s=1.0, memory_budget_bytes=200),
         BudgetChange(time_s=2.0, memory_budget_bytes=1000)])
-    result = simulate(trace, "min-total-cost", runtime=RuntimeModel())
+    in_place = RuntimeModel(switches_in_place=True)
+    result = simulate(trace, "min-total-cost", runtime=in_place)
     # d1 loaded; down to d0 in place (400 + 100 fit the old budget); up again in place
     assert (result.summary.loads, result.summary.switches) == (1, 2)
     tight = trace.model_copy(update={"events": [*trace.events[:2], BudgetChange(
         time_s=2.0, memory_budget_bytes=450)]})
-    result = simulate(tight, "min-total-cost", runtime=RuntimeModel())
+    result = simulate(tight, "min-total-cost", runtime=in_place)
     assert (result.summary.loads, result.summary.switches) == (2, 2)  # 100 + 400 > 450: cold
+
+
+def test_runtime_model_keeps_warm_rungs_while_there_is_room() -> None:
+    """onnxruntime (no in-place switch): the new descendant loads beside the old one, which
+    stays as a warm rung while the budget has room, so switching back loads nothing; a
+    budget cut evicts it."""
+    trace = Trace(duration_s=4.0, memory_budget_bytes=1000, events=[
+        AppStart(time_s=0.0, app=two_rungs()),
+        TargetChange(time_s=1.0, name="a", target_latency_s=0.0001),  # d0 is less late
+        TargetChange(time_s=2.0, name="a", target_latency_s=0.05),  # back to d1: warm
+        BudgetChange(time_s=3.0, memory_budget_bytes=450)])
+    result = simulate(trace, "min-total-cost", alpha=10.0, runtime=RuntimeModel())
+    plans = [[p.descendant for p in s.apps] for s in result.timeline]
+    assert plans == [[1], [0], [1], [1]]
+    assert (result.summary.loads, result.summary.switches) == (2, 2)
+    # without room for both the old one is freed first (cold) and switching back reloads it
+    tight = trace.model_copy(update={"memory_budget_bytes": 450, "events": trace.events[:3]})
+    result = simulate(tight, "min-total-cost", alpha=10.0, runtime=RuntimeModel())
+    assert (result.summary.loads, result.summary.switches) == (3, 2)
+
+
+def test_runtime_model_frees_idle_rungs_when_no_running_app_can_use_them() -> None:
+    """a leaves m#1 idle (a warm rung): c finds it resident while a runs, but once a (the
+    model's last app) stops, m's residents are freed and c must load it."""
+    other = App(name="b", target_latency_s=1.0, descendants=[
+        Descendant(accuracy=0.8, memory_bytes=500, latency_s=0.001, id="n#0")])
+    events = [AppStart(time_s=0.0, app=on_model("a")), AppStart(time_s=0.0, app=other),
+              TargetChange(time_s=1.0, name="a", target_latency_s=1e-4)]  # a to m#0
+    c = on_model("c")
+    while_a_runs = Trace(duration_s=4.0, memory_budget_bytes=10_000,
+                         events=[*events, AppStart(time_s=3.0, app=c)])
+    after_a = Trace(duration_s=4.0, memory_budget_bytes=10_000,
+                    events=[*events, AppStop(time_s=2.0, name="a"), AppStart(time_s=3.0, app=c)])
+    for trace, c_loads in ((while_a_runs, 0), (after_a, 1)):
+        result = simulate(trace, "min-total-cost", alpha=10.0, runtime=RuntimeModel())
+        loads = {s.name: s.loads for s in result.apps}
+        assert loads == {"a": 2, "b": 1, "c": c_loads}
+
+
+def test_runtime_model_batches_frames_of_one_resident() -> None:
+    """Two apps on one shared resident send frames in step faster than the worker serves
+    them one at a time: with a fixed cost per call, batches form (BatchCost) and every
+    frame is served in less busy time."""
+    shared = Descendant(accuracy=0.9, memory_bytes=100, latency_s=0.004, id="m#0")
+    apps = [App(name=n, target_latency_s=1.0, descendants=[shared]) for n in "ab"]
+    trace = Trace(duration_s=2.0, memory_budget_bytes=1000,
+                  events=[AppStart(time_s=0.0, app=app, fps=150.0) for app in apps])
+    fixed = DescendantCosts(service_s=0.004, cpu_s=0.004, load_s=0.0, load_cpu_s=0.0,
+                            batch_frame_s=0.001, batch_frame_cpu_s=0.001)
+    costs = {"a": [fixed], "b": [fixed]}
+    batched = simulate(trace, "min-total-cost", runtime=RuntimeModel(costs=costs))
+    alone = simulate(trace, "min-total-cost",
+                     runtime=RuntimeModel(costs=costs, batching=False))
+    # alone: 4 ms a frame, 500 of the 600 frames in 2 s (and the 8 still queued at the
+    # end); batched: pairs in 5 ms
+    assert 500 <= sum(s.frames_done for s in alone.apps) <= 508
+    assert sum(s.frames_done for s in batched.apps) == 600
+    assert batched.summary.busy_fraction == pytest.approx(300 * 0.005 / 2.0, rel=0.03)
+
+
+def test_runtime_model_dispatch_time_delays_frames_but_is_not_busy() -> None:
+    app = single("a", latency=0.004, target=1.0)
+    trace = Trace(duration_s=1.0, memory_budget_bytes=10_000,
+                  events=[AppStart(time_s=0.0, app=app, fps=400.0)])
+    result = simulate(trace, "min-total-cost",
+                      runtime=RuntimeModel(costs={"a": costs(0.004)}, dispatch_s=0.001))
+    (stats,) = result.apps
+    # one frame per 5 ms of worker time, of which 4 ms are service
+    assert stats.frames_done == pytest.approx(200, abs=5)
+    assert result.summary.busy_fraction == pytest.approx(stats.frames_done * 0.004, rel=0.01)
 
 
 @pytest.mark.parametrize("policy", ["min-total-cost", "baseline"])
@@ -451,3 +528,35 @@ def test_a_trace_with_one_id_of_two_sizes_is_rejected(tmp_path: Path) -> None:
     path.write_text(json.dumps({"duration_s": 2.0, "memory_budget_bytes": 10, "events": events}))
     with pytest.raises(NestError, match="descendants with id 'm#1' differ in memory_bytes"):
         load_trace(path)
+
+
+def test_independent_apps_divide_the_budget_among_the_most_apps_running_at_once() -> None:
+    """Three apps on one model, at most two at once: each holds its own copy of the best
+    descendant within half the budget; a third copy does not fit and that app waits."""
+    events = [AppStart(time_s=0.0, app=on_model("a")), AppStart(time_s=1.0, app=on_model("b")),
+              AppStop(time_s=2.0, name="a"), AppStart(time_s=3.0, app=on_model("c"))]
+    trace = Trace(duration_s=4.0, memory_budget_bytes=6000, events=events)
+    assert peak_apps(trace) == 2
+    result = simulate(trace, "independent", runtime=RuntimeModel())
+    assert [[(p.name, p.descendant) for p in s.apps] for s in result.timeline] == [
+        [("a", 1)], [("a", 1), ("b", 1)], [("b", 1)], [("b", 1), ("c", 1)]]
+    assert result.summary.loads == 3  # a copy per app, never shared
+    assert result.method is None
+    # with room for one large copy per slot of three, c waits while a and b run
+    crowded = trace.model_copy(update={"events": [*events[:2], AppStart(time_s=1.5,
+                                                                        app=on_model("c"))]})
+    result = simulate(crowded, "independent", slots=2)
+    paused = {s.name: s.paused_s for s in result.apps}
+    assert paused == {"a": 0.0, "b": 0.0, "c": pytest.approx(2.5)}
+
+
+def test_smallest_and_resource_agnostic_baselines_in_the_runtime_model() -> None:
+    trace = shared_trace()
+    smallest = simulate(trace, "smallest", runtime=RuntimeModel())
+    assert {p.descendant for s in smallest.timeline for p in s.apps} == {0}
+    assert smallest.summary.loads == 1  # one shared copy of m#0
+    agnostic = simulate(trace, "baseline", runtime=RuntimeModel())
+    # its model (3000 bytes) alone exceeds the budget of 2000 from t = 2: nothing runs
+    assert [{p.descendant for p in s.apps} for s in agnostic.timeline] == [
+        {1}, {1}, {None}, {None}, {None}]
+    assert agnostic.summary.paused_app_s == pytest.approx(3.0 + 2.0 + 2.0)

@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 
-from scheduler.daemon.batching import BatchCost
+from scheduler.batching import BatchCost
 from scheduler.daemon.errors import FrameDropped, QueueFull, UnknownApp
 from scheduler.problem import MIN_SHARE
 

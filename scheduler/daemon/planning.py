@@ -8,6 +8,12 @@ descendant of the same model share one loaded copy, and the optimiser counts its
 Latencies are the backend's, scaled to the machine's speed now (`scheduler.daemon.speed`).
 The switch-aware re-solve of the scheduler decides, given the plan in force; the answer is
 mapped back to the model's own descendant indices.
+
+The baselines (`scheduler.problem.BASELINES`) plan by their rule: the resource-agnostic
+``baseline`` may exceed the budget (its models are swapped in and out, each must fit alone);
+``independent`` (each app its own copy of the best descendant within ``budget / slots``;
+run it with ``RuntimeSettings(sharing=False)`` for one copy per app) and ``smallest`` never
+swap: when their models do not fit, the plan is refused and the newest apps wait.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from scheduler.daemon.errors import Infeasible
 from scheduler.daemon.specs import AppSpec
 from scheduler.problem import App, Method, Policy, Problem, Solution
 from scheduler.solve import Tolerance, resolve
+
+NEVER_SWAP: tuple[Policy, ...] = ("independent", "smallest")
+"""Baselines whose apps wait when their models do not fit (only ``baseline`` swaps)."""
 
 
 @dataclass(frozen=True)
@@ -60,12 +69,15 @@ def plan(
     current: Solution | None,
     latency_scale: Mapping[str, float] | None = None,
     sharing: bool = True,
+    slots: int | None = None,
 ) -> Solution:
     """The switch-aware plan for ``apps``; raises `Infeasible` (with bytes missing) if none fits.
 
     ``current`` is the plan in force (in model descendant indices), kept when the new optimum
-    is not better by more than ``switch_tolerance`` (relative). When swapping (the baseline's
-    models do not fit together), every single model must still fit the budget.
+    is not better by more than ``switch_tolerance`` (relative). When swapping (the
+    resource-agnostic baseline's models do not fit together), every single model must still
+    fit the budget; the other baselines must fit as a whole. ``slots``: the apps the
+    independent baseline divides the budget among (None: ``apps``).
     """
     allowed = {app.id: allowed_descendants(app, backend) for app in apps}
     problem = Problem(
@@ -79,8 +91,8 @@ def plan(
     in_problem = None if current is None else _reindexed(
         current, {a: {k: i for i, k in enumerate(ks)} for a, ks in allowed.items()})
     solution = resolve(problem, in_problem, policy=policy, method=method,
-                       tolerance=Tolerance(rel=switch_tolerance))
-    if not solution.feasible:
+                       tolerance=Tolerance(rel=switch_tolerance), slots=slots)
+    if not solution.feasible or (policy in NEVER_SWAP and not solution.fits_memory):
         raise Infeasible(f"refused: {solution.reason}", bytes_missing=solution.bytes_missing or 0)
     largest = max((a.memory_bytes for a in solution.apps), default=0)
     if largest > memory_budget_bytes:

@@ -481,7 +481,8 @@ class Runtime:
                     alpha=settings.alpha, memory_budget_bytes=settings.memory_budget_bytes,
                     share_step=self.settings.share_step,
                     switch_tolerance=self.settings.switch_tolerance, current=settings.solution,
-                    latency_scale=self._speed.scales(), sharing=self.settings.sharing)
+                    latency_scale=self._speed.scales(), sharing=self.settings.sharing,
+                    slots=self.settings.app_slots)
 
     def _apply(self, apps: Mapping[str, _App], solution: Solution | None, budget: int) -> None:
         """Serve exactly the plan's apps: apps leaving it lose their queue, apps joining it

@@ -191,6 +191,9 @@ class RuntimeSettings:
     sharing: bool = True
     """Apps on the same descendant of a model share one loaded copy (off: one copy per app,
     as apps that each load their own model would hold; for comparisons)."""
+    app_slots: int | None = None
+    """The apps the ``independent`` baseline divides the memory budget among (None: the
+    registered apps): each takes the best descendant within its part."""
 
     def __post_init__(self) -> None:
         check_policy(self.policy, self.method, self.alpha, self.memory_budget_bytes)
