@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -109,6 +109,20 @@ class Tally:
     last_inference_ms: int = 0
 
 
+@dataclass
+class _Counts:
+    """The mutable figures behind a `Tally` (updated in place on the hot path)."""
+
+    success: int = 0
+    failure: int = 0
+    rows: int = 0
+    executions: float = 0.0
+    request_us: float = 0.0
+    queue_us: float = 0.0
+    compute_us: float = 0.0
+    last_inference_ms: int = 0
+
+
 class InferenceTallies(Collector):
     """Per (model, version) `Tally`, fed by both APIs' infer routes; exported as
     ``nestdnn_inference_*`` counters and read by /v2's statistics."""
@@ -125,7 +139,7 @@ class InferenceTallies(Collector):
     )
 
     def __init__(self) -> None:
-        self._tallies: dict[tuple[str, str], Tally] = {}
+        self._counts: dict[tuple[str, str], _Counts] = {}
         self._lock = threading.Lock()
 
     def success(self, model: str, version: int, rows: int, executions: float,
@@ -134,30 +148,29 @@ class InferenceTallies(Collector):
         ``executions`` backend calls (a frame of a batch of n counts 1/n)."""
         key = (model, str(version))
         with self._lock:
-            old = self._tallies.get(key, Tally())
-            self._tallies[key] = replace(
-                old, success=old.success + 1, rows=old.rows + rows,
-                executions=old.executions + executions,
-                request_us=old.request_us + request_s * 1e6,
-                queue_us=old.queue_us + queue_s * 1e6,
-                compute_us=old.compute_us + compute_s * 1e6,
-                last_inference_ms=int(time.time() * 1000))
+            counts = self._counts.setdefault(key, _Counts())
+            counts.success += 1
+            counts.rows += rows
+            counts.executions += executions
+            counts.request_us += request_s * 1e6
+            counts.queue_us += queue_s * 1e6
+            counts.compute_us += compute_s * 1e6
+            counts.last_inference_ms = int(time.time() * 1000)
 
     def failure(self, model: str, version: int | None) -> None:
         """Count a failed request (``version`` None: before any descendant was known)."""
         key = (model, "" if version is None else str(version))
         with self._lock:
-            old = self._tallies.get(key, Tally())
-            self._tallies[key] = replace(old, failure=old.failure + 1)
+            self._counts.setdefault(key, _Counts()).failure += 1
 
     def of(self, model: str) -> dict[str, Tally]:
         """The tallies of a model's versions."""
         with self._lock:
-            return {v: tally for (m, v), tally in self._tallies.items() if m == model}
+            return {v: Tally(**vars(c)) for (m, v), c in self._counts.items() if m == model}
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            tallies = dict(self._tallies)
+            tallies = {key: Tally(**vars(c)) for key, c in self._counts.items()}
         for suffix, field, text in self.FAMILIES:
             family = CounterMetricFamily(f"nestdnn_inference_{suffix}", text,
                                          labels=["model", "version"])

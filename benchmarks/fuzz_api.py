@@ -6,10 +6,12 @@ few apps, then generates requests for every operation of the served OpenAPI sche
 schemathesis (positive and negative data). Operations on `/v1/apps/{app_id}` get, in turn, a
 live app id with its own token, the admin token, another app's token, no token, or the
 generated id; registering gets the registration token, the admin token, an app's token or
-none; the schedule the admin token, an app's token or none; so the authorised paths are
-reached too. Every answer is checked by schemathesis: no server error, a documented status,
-a documented content type, a body that validates against the documented schema, the
-documented headers, and negative data rejected with a 4xx. Fails on any 5xx, any
+none; the schedule the admin token, an app's token or none; the Open Inference Protocol's
+operations (/v2) the served model (and one of its versions) with an app's token, the admin
+token, another app's token, no token, or the generated model and version; so the authorised
+paths are reached too. Every answer is checked by schemathesis: no server error, a
+documented status, a documented content type, a body that validates against the documented
+schema, the documented headers, and negative data rejected with a 4xx. Fails on any 5xx, any
 conformance failure, on a request left unanswered for 30 s (fuzzing stops there), on a 5xx
 counted by the daemon's /metrics, or if afterwards the daemon does not answer /healthz or
 cannot register and unregister an app. Prints the number of generated requests (at least
@@ -60,6 +62,7 @@ REGISTRATION_TOKEN = "fuzz-registration-token"
 RAW_TYPES = ["application/x-npy", "image/png", "image/jpeg"]
 AUTH_MODES = ("own", "admin", "other", "none", "generated")
 REQUEST_TIMEOUT_S = 30
+V2_VERSIONS = 3  # descendants of the synthetic model
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -130,6 +133,18 @@ def auth_for(mode: str, path: str, apps: Apps, rng: random.Random) -> tuple[dict
     ids = sorted(apps.tokens)
     app_id = rng.choice(ids)
     other = apps.tokens[next(i for i in ids if i != app_id)]
+    if "{model}" in path:  # /v2: the model in the path, the app by its token
+        params = {"model": apps.model}
+        if "{version}" in path:
+            params["version"] = str(rng.randrange(V2_VERSIONS))
+        v2_modes = {
+            "own": (params, {"Authorization": f"Bearer {apps.tokens[app_id]}"}),
+            "admin": (params, {"Authorization": f"Bearer {ADMIN_TOKEN}"}),
+            "other": (params, {"Authorization": f"Bearer {other}"}),
+            "none": (params, {}),
+            "generated": ({}, {"Authorization": f"Bearer {apps.tokens[app_id]}"}),
+        }
+        return v2_modes[mode]
     if "{app_id}" not in path:  # registering, the schedule and the read-only views
         tokens = {"own": REGISTRATION_TOKEN, "admin": ADMIN_TOKEN, "other": other}
         token = tokens.get(mode, REGISTRATION_TOKEN if mode == "generated" else None)

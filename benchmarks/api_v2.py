@@ -1,0 +1,326 @@
+"""The Open Inference Protocol against /v1 and direct inference, on the default backend.
+
+One live `nestdnn serve` (onnxruntime, one app) and, for each K of concurrent clients (default
+1, 8, 16), alternating slices of:
+
+- ``direct``: the app's descendant run in this process on the same backend (`LoadedModel.logits`
+  of one frame, one thread), what the daemon could do with no HTTP at all;
+- ``v1``: ``POST /v1/apps/{id}/infer`` with a float32 .npy frame (raw-socket keep-alive clients
+  with prepared requests, as `benchmarks/api_load.py`);
+- ``v2-json``: ``POST /v2/models/{model}/infer`` with the frame as JSON ``data`` (raw sockets,
+  prepared request);
+- ``v2-binary``: the same with `tritonclient.http.aio` (what its users run: binary tensors in
+  and out, the request built and the answer parsed by tritonclient for every frame).
+
+All send one frame per request. Reported per K and mode: throughput (frames/s, totals over
+the rounds; the per-round ratios to direct show the spread), p50/p99 latency, the daemon's CPU
+per request (its process CPU time, all threads, over the requests answered) and the load
+generator's. Goal: v2-binary >= 70 % of direct at K = 8. On a shared 2-core machine the load
+generator competes with the daemon (the direct run has no competitor); see docs/api.md.
+
+    .venv/bin/python benchmarks/api_v2.py --quick             # VGG-16 x0.25, random weights
+    .venv/bin/python benchmarks/api_v2.py --models DIR --model NAME
+
+Writes runs/benchmarks/api_v2_<name>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tritonclient.http.aio as triton
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from api_load import CpuMeter, client, free_port, quick_model, start_server  # noqa: E402
+
+from api.client import DaemonClient, npy_bytes  # noqa: E402
+from scheduler.daemon import ModelCatalogue, make_backend  # noqa: E402
+
+log = logging.getLogger("api_v2")
+ADMIN_TOKEN = "load-test-admin"  # api_load.start_server's daemon token
+MODES = ("direct", "v1", "v2-json", "v2-binary")
+GOAL_RATIO, GOAL_MODE, GOAL_CLIENTS = 0.70, "v2-binary", 8
+
+
+@dataclass
+class Run:
+    """One measured slice of one mode."""
+
+    mode: str
+    clients: int
+    seconds: float
+    frames: int
+    server_cpu_s: float
+    client_cpu_s: float
+    others_cores: float
+    errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def throughput(self) -> float:
+        return self.frames / self.seconds
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every slice needs: the daemon, the app and the prepared requests."""
+
+    port: int
+    pid: int
+    model: str
+    token: str
+    frame: np.ndarray
+    v1_request: bytes
+    v2_json_request: bytes
+
+
+def raw_request(port: int, path: str, token: str, body: bytes, kind: str) -> bytes:
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: {kind}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+def prepare(port: int, pid: int, model: str, shape: tuple[int, ...]) -> Setup:
+    with DaemonClient(f"http://127.0.0.1:{port}", admin_token=ADMIN_TOKEN) as api:
+        app = api.register(model, target_latency_ms=1000, name="bench-v2")
+    frame = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    v2_body = json.dumps({"inputs": [{"name": "input", "shape": [1, *shape], "datatype": "FP32",
+                                      "data": frame.ravel().tolist()}],
+                          "outputs": [{"name": "probabilities"}]}).encode()
+    return Setup(
+        port, pid, model, app.token, frame,
+        raw_request(port, f"/v1/apps/{app.id}/infer?top_k=1", app.token, npy_bytes(frame),
+                    "application/x-npy"),
+        raw_request(port, f"/v2/models/{model}/infer", app.token, v2_body, "application/json"),
+    )
+
+
+def direct_run(model, frame: np.ndarray, seconds: float) -> Run:
+    """Batch-1 forward passes on the backend, in this process, for ``seconds``."""
+    batch = frame[None]
+    for _ in range(5):
+        model.logits(batch)
+    latencies = []
+    meter = CpuMeter(None)
+    stop = time.perf_counter() + seconds
+    while (t0 := time.perf_counter()) < stop:
+        model.logits(batch)
+        latencies.append((time.perf_counter() - t0) * 1000)
+    wall, _, own, others = meter.stop()
+    return Run("direct", 1, wall, len(latencies), 0.0, own, others, 0, latencies)
+
+
+async def raw_run(setup: Setup, request: bytes, mode: str, k: int, warmup_s: float,
+                  seconds: float) -> Run:
+    statuses: dict[int, int] = {}
+    latencies: list[float] = []
+    start = time.perf_counter() + warmup_s
+    stop = start + seconds
+    gathered = asyncio.gather(*[client(setup.port, request, start, stop, latencies, statuses)
+                                for _ in range(k)])
+    await asyncio.sleep(max(0.0, start - time.perf_counter()))
+    meter = CpuMeter(setup.pid)
+    await gathered
+    wall, server, own, others = meter.stop()
+    errors = sum(n for s, n in statuses.items() if s != 200)
+    return Run(mode, k, wall, statuses.get(200, 0), server, own, others, errors,
+               [x * 1000 for x in latencies])
+
+
+async def triton_run(setup: Setup, k: int, warmup_s: float, seconds: float) -> Run:
+    """K tritonclient.http.aio callers, binary tensors in and out."""
+    latencies: list[float] = []
+    errors = 0
+    headers = {"Authorization": f"Bearer {setup.token}"}
+    start = time.perf_counter() + warmup_s
+    stop = start + seconds
+    tc = triton.InferenceServerClient(f"127.0.0.1:{setup.port}", conn_limit=k)
+
+    async def caller() -> None:
+        nonlocal errors
+        while (t0 := time.perf_counter()) < stop:
+            tensor = triton.InferInput("input", [1, *setup.frame.shape], "FP32")
+            tensor.set_data_from_numpy(setup.frame[None], binary_data=True)
+            wanted = [triton.InferRequestedOutput("probabilities", binary_data=True)]
+            try:
+                result = await tc.infer(setup.model, [tensor], outputs=wanted, headers=headers)
+                result.as_numpy("probabilities")
+            except triton.InferenceServerException:
+                if t0 >= start:
+                    errors += 1
+                continue
+            if t0 >= start:
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+    try:
+        gathered = asyncio.gather(*[caller() for _ in range(k)])
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+        meter = CpuMeter(setup.pid)
+        await gathered
+        wall, server, own, others = meter.stop()
+    finally:
+        await tc.close()
+    return Run("v2-binary", k, wall, len(latencies), server, own, others, errors, latencies)
+
+
+def measure(setup: Setup, model, k: int, args: argparse.Namespace) -> list[Run]:
+    """``args.rounds`` rounds of every mode in turn, each ``duration / rounds`` seconds."""
+    seconds = args.duration / args.rounds
+    runs = []
+    for _ in range(args.rounds):
+        runs.append(direct_run(model, setup.frame, seconds))
+        runs.append(asyncio.run(raw_run(setup, setup.v1_request, "v1", k, args.warmup, seconds)))
+        runs.append(asyncio.run(raw_run(setup, setup.v2_json_request, "v2-json", k,
+                                        args.warmup, seconds)))
+        runs.append(asyncio.run(triton_run(setup, k, args.warmup, seconds)))
+    return runs
+
+
+def summary(runs: list[Run]) -> dict[str, dict[str, object]]:
+    """Per mode: throughput, per-round ratios to direct, p50/p99, CPU per request."""
+    direct = [r for r in runs if r.mode == "direct"]
+    out = {}
+    for mode in MODES:
+        mine = [r for r in runs if r.mode == mode]
+        frames = sum(r.frames for r in mine)
+        latencies = np.array([x for r in mine for x in r.latencies_ms])
+        throughput = frames / sum(r.seconds for r in mine)
+        out[mode] = {
+            "frames_per_s": throughput,
+            "ratio_to_direct": throughput / (sum(r.frames for r in direct)
+                                             / sum(r.seconds for r in direct)),
+            "round_ratios": [r.throughput / d.throughput for r, d in zip(mine, direct,
+                                                                          strict=True)],
+            "p50_ms": float(np.percentile(latencies, 50)) if len(latencies) else None,
+            "p99_ms": float(np.percentile(latencies, 99)) if len(latencies) else None,
+            "errors": sum(r.errors for r in mine),
+            "server_cpu_ms_per_request": (1000 * sum(r.server_cpu_s for r in mine) / frames
+                                          if frames and mode != "direct" else None),
+            "client_cpu_ms_per_request": 1000 * sum(r.client_cpu_s for r in mine) / frames
+            if frames else None,
+            "other_processes_cores": statistics.fmean(r.others_cores for r in mine),
+        }
+    return out
+
+
+def table(results: dict[int, dict[str, dict[str, object]]], label: str) -> str:
+    rows = [
+        f"model: {label}",
+        "",
+        "| clients | mode | frames/s | / direct | per round | p50 ms | p99 ms | errors |"
+        " daemon CPU ms/request | client CPU ms/request | other processes, cores |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k, modes in results.items():
+        for mode, s in modes.items():
+            rounds = " ".join(f"{100 * x:.0f}" for x in s["round_ratios"])
+            rows.append(
+                f"| {k} | {mode} | {s['frames_per_s']:.1f} | {100 * s['ratio_to_direct']:.0f}% |"
+                f" {rounds} | {_num(s['p50_ms'])} | {_num(s['p99_ms'])} | {s['errors']} |"
+                f" {_num(s['server_cpu_ms_per_request'])} |"
+                f" {_num(s['client_cpu_ms_per_request'])} | {s['other_processes_cores']:.2f} |"
+            )
+    goal = results.get(GOAL_CLIENTS, {}).get(GOAL_MODE)
+    if goal is not None:
+        verdict = "met" if goal["ratio_to_direct"] >= GOAL_RATIO else "NOT met"
+        rows += ["", f"goal {GOAL_MODE} >= {100 * GOAL_RATIO:.0f}% of direct at K ="
+                     f" {GOAL_CLIENTS}: {verdict} ({100 * goal['ratio_to_direct']:.0f}%)"]
+    return "\n".join(rows)
+
+
+def _num(value: object) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", type=Path, help="models directory served by the daemon")
+    parser.add_argument("--model", help="model name (NAME.nest in --models)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a random-weight VGG-16 x0.25 on 1x28x28 (labelled synthetic)")
+    parser.add_argument("--clients", default="1,8,16", help="comma-separated K values")
+    parser.add_argument("--duration", type=float, default=12.0,
+                        help="measured seconds per K and mode (split over the rounds)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the modes per K")
+    parser.add_argument("--warmup", type=float, default=1.0,
+                        help="unmeasured seconds before each HTTP slice")
+    parser.add_argument("--threads", type=int, default=1, help="inference threads (both)")
+    parser.add_argument("--queue-size", type=int, default=32,
+                        help="the daemon's per-app queue (>= K: no drop-oldest 429s)")
+    parser.add_argument("--memory-budget", default="64MiB")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks")
+    args = parser.parse_args(argv)
+    if args.quick == (args.models is not None) or (args.models and not args.model):
+        parser.error("give --models DIR --model NAME, or --quick")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nestdnn-v2-") as tmp:
+        work = Path(tmp)
+        if args.quick:
+            models_dir, name = quick_model(work / "models"), "quick"
+            label = ("quick: VGG-16 x0.25 on 1x28x28 with RANDOM weights (synthetic: the goal"
+                     " model's compute, not its accuracy)")
+        else:
+            models_dir, name, label = args.models, args.model, f"{args.model} from {args.models}"
+        entry = ModelCatalogue.load(models_dir).entries[name]
+        port = free_port()
+        server = start_server(models_dir, work / "state", port, args,
+                              args.out / "api_v2.serve.log")
+        try:
+            setup = prepare(port, server.pid, name, entry.input_shape)
+            with DaemonClient(f"http://127.0.0.1:{port}") as api:
+                descendant = api.apps()[0]["descendant"]
+            backend = make_backend("onnxruntime", args.threads)
+            backend.prepare([entry])
+            model = backend.open(entry, descendant)
+            log.info("app on %s descendant %d; direct on onnxruntime in this process", name,
+                     descendant)
+            results = {}
+            for k in (int(k) for k in args.clients.split(",")):
+                results[k] = summary(measure(setup, model, k, args))
+                log.info("K=%d: %s", k, {m: round(s["frames_per_s"], 1)
+                                         for m, s in results[k].items()})
+        finally:
+            server.stop()
+    text = table(results, f"{label}, descendant {descendant}")
+    print(text)
+    report = {
+        "benchmark": "api_v2", "label": label, "model": name, "descendant": descendant,
+        "backend": "onnxruntime", "threads": args.threads, "duration_s": args.duration,
+        "rounds": args.rounds, "goal": {"mode": GOAL_MODE, "clients": GOAL_CLIENTS,
+                                        "ratio": GOAL_RATIO},
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "load_average": os.getloadavg()},
+        "results": {str(k): modes for k, modes in results.items()},
+    }
+    stem = f"api_v2_{name}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(text + "\n")
+    log.info("wrote %s", args.out / f"{stem}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
