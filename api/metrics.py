@@ -48,6 +48,12 @@ class RuntimeCollector(Collector):
             "switches": CounterMetricFamily(
                 "nestdnn_app_switches", "Descendant switches of the app.", labels=labels
             ),
+            "switch_bytes": CounterMetricFamily(
+                "nestdnn_app_switch_bytes",
+                "Bytes loaded from storage to switch the app's descendant (a switch to a warm "
+                "rung or an already loaded shared descendant moves none).",
+                labels=labels,
+            ),
             "descendant": GaugeMetricFamily(
                 "nestdnn_app_descendant", "Assigned descendant index.", labels=labels
             ),
@@ -76,6 +82,11 @@ class RuntimeCollector(Collector):
             "nestdnn_switches",
             "Descendant switches, all apps.",
             value=float(sum(app.switches for app in snap.apps)),
+        )
+        yield CounterMetricFamily(
+            "nestdnn_switch_bytes",
+            "Bytes loaded from storage by descendant switches, all apps.",
+            value=float(sum(app.switch_bytes for app in snap.apps)),
         )
         yield GaugeMetricFamily("nestdnn_apps", "Registered apps.", value=len(snap.apps))
         yield GaugeMetricFamily(

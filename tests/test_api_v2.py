@@ -207,6 +207,10 @@ def test_model_version_follows_the_plan_and_a_pinned_version_must_be_in_force(
     api.set_schedule(memory_budget_bytes=table[0].bytes)  # only the smallest fits now
     switched = infer(tc, app.token, frames(1)).get_response()["model_version"]
     assert switched == "0" and api.app(app.id)["switches"] >= 1
+    metrics = api.metrics()
+    moved = f'nestdnn_app_switch_bytes_total{{app="{app.id}",model="alpha"}} '
+    assert float(metrics.split(moved)[1].split()[0]) >= table[0].bytes  # d0 was loaded
+    assert f'nestdnn_app_descendant{{app="{app.id}",model="alpha"}} 0.0' in metrics
     with pytest.raises(InferenceServerException) as refused:
         infer(tc, app.token, frames(1), version=str(first))
     assert refused.value.status() == "409" and "descendant 0" in refused.value.message()

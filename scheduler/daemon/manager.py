@@ -100,6 +100,8 @@ class _App:
     last_descendant: int | None = None
     switches: int = 0
     loads: int = 0
+    switch_bytes: int = 0
+    """Bytes loaded from storage to switch it (a warm rung's pointer swap moves none)."""
 
     owner: str = ""
 
@@ -116,6 +118,7 @@ class ResidentInfo:
     resident_bytes: int
     switches: int
     loads: int
+    switch_bytes: int = 0
 
 
 class ModelManager:
@@ -161,8 +164,9 @@ class ModelManager:
             app = self._app(app_id)
             resident = app.resident
             if resident is None or resident.model is None:
-                return ResidentInfo(None, 0, app.switches, app.loads)
-            return ResidentInfo(resident.key[1], resident.bytes, app.switches, app.loads)
+                return ResidentInfo(None, 0, app.switches, app.loads, app.switch_bytes)
+            return ResidentInfo(resident.key[1], resident.bytes, app.switches, app.loads,
+                                app.switch_bytes)
 
     def resident_key(self, app_id: str) -> Key | None:
         """The resident an app runs on now (apps with the same key share one model)."""
@@ -313,6 +317,8 @@ class ModelManager:
                     if model.descendant == key[1]:
                         self._unreserve(donor.bytes, f"{donor.name}: old descendant freed")
                         del self._residents[donor.key]
+                        first = self._apps[min(donor.users)]
+                        first.switch_bytes += max(0, need - donor.bytes)  # levels read
                         donor.key, donor.bytes = key, need
                         self._residents[key] = donor
                         for app_id in donor.users:
@@ -429,6 +435,8 @@ class ModelManager:
             for app in self._apps.values():
                 if app.target_key == resident.key and not self._swapping:
                     app.loads += 1
+                    if app.last_descendant not in (None, resident.key[1]):
+                        app.switch_bytes += resident.bytes
                     break
             self._lock.notify_all()
 

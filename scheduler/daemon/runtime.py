@@ -421,6 +421,7 @@ class Runtime:
                                 self._speed.measured((app.spec.model, resident.descendant))),
             state=state, problem=problem,
             failures=0 if counters is None else counters.failures,
+            switch_bytes=0 if resident is None else resident.switch_bytes,
         )
 
     def _info(self, app_id: str) -> AppInfo:

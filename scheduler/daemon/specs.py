@@ -146,6 +146,8 @@ class AppStatus:
     """Why the app is waiting or unavailable."""
     failures: int = 0
     """Frames that failed (e.g. the model computed NaN or infinity): never served."""
+    switch_bytes: int = 0
+    """Bytes loaded from storage to switch its descendant (a warm rung moves none)."""
 
 
 @dataclass(frozen=True)
