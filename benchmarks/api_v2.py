@@ -20,8 +20,14 @@ generator competes with the daemon (the direct run has no competitor); see docs/
 
     .venv/bin/python benchmarks/api_v2.py --quick             # VGG-16 x0.25, random weights
     .venv/bin/python benchmarks/api_v2.py --models DIR --model NAME
+    .venv/bin/python benchmarks/api_v2.py --quick --perf-analyzer benchmarks/perf_analyzer.sh
 
-Writes runs/benchmarks/api_v2_<name>.json and .md.
+With ``--perf-analyzer`` Triton's perf_analyzer (`make perf-tools`) then runs against the same
+daemon and app: ``perf_analyzer -m NAME -u 127.0.0.1:PORT -i http --concurrency-range 1:16
+-H "Authorization: Bearer TOKEN"`` (plus ``-f`` for its CSV of percentiles); its output, its
+figures per concurrency and the daemon's CPU per request meanwhile go into the report.
+
+Writes runs/benchmarks/api_v2_<name>.json and .md (and perf_analyzer_<name>.txt/.csv).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +53,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from api_load import CpuMeter, client, free_port, quick_model, start_server  # noqa: E402
+from api_load import (  # noqa: E402
+    CpuMeter,
+    client,
+    free_port,
+    process_cpu_s,
+    quick_model,
+    start_server,
+)
 
 from api.client import DaemonClient, npy_bytes  # noqa: E402
 from scheduler.daemon import ModelCatalogue, make_backend  # noqa: E402
@@ -219,6 +233,52 @@ def summary(runs: list[Run]) -> dict[str, dict[str, object]]:
     return out
 
 
+def perf_analyzer(tool: Path, setup: Setup, out: Path, extra: list[str]) -> dict[str, object]:
+    """Run perf_analyzer against the daemon's app; its figures per concurrency (from its CSV),
+    its exit status, and the daemon's CPU per request it answered meanwhile."""
+    csv_path = out / f"perf_analyzer_{setup.model}.csv"
+    text_path = csv_path.with_suffix(".txt")
+    command = [str(tool), "-m", setup.model, "-u", f"127.0.0.1:{setup.port}", "-i", "http",
+               "--concurrency-range", "1:16", "-H", f"Authorization: Bearer {setup.token}",
+               *extra, "-f", str(csv_path)]
+    url = f"http://127.0.0.1:{setup.port}/v2/models/{setup.model}/stats"
+    before, cpu_before = _answered(url), process_cpu_s(setup.pid)
+    done = subprocess.run(command, capture_output=True, text=True)
+    answered, cpu = _answered(url) - before, process_cpu_s(setup.pid) - cpu_before
+    text_path.write_text(done.stdout + done.stderr)
+    rows = []
+    if done.returncode == 0 and csv_path.exists():
+        header, *lines = csv_path.read_text().strip().splitlines()
+        names = header.split(",")
+        for line in lines:
+            row = dict(zip(names, line.split(","), strict=False))
+            rows.append({"concurrency": int(row["Concurrency"]),
+                         "infer_per_s": float(row["Inferences/Second"]),
+                         "p50_ms": int(row["p50 latency"]) / 1000,
+                         "p99_ms": int(row["p99 latency"]) / 1000})
+    return {"command": [c if not c.startswith("Authorization") else "Authorization: Bearer TOKEN"
+                        for c in command], "returncode": done.returncode, "rows": rows,
+            "requests_answered": answered,
+            "daemon_cpu_ms_per_request": 1000 * cpu / answered if answered else None}
+
+
+def _answered(stats_url: str) -> int:
+    """Requests the daemon answered successfully so far (all versions, /v2 statistics)."""
+    with DaemonClient(stats_url.split("/v2/")[0]) as api:
+        stats = api.http.get(stats_url).json()["model_stats"]
+    return sum(s["inference_stats"]["success"]["count"] for s in stats)
+
+
+def perf_table(report: dict[str, object]) -> str:
+    rows = ["perf_analyzer (v2 binary, random UINT8 frames, sync clients): exit status"
+            f" {report['returncode']}, daemon CPU"
+            f" {_num(report['daemon_cpu_ms_per_request'])} ms/request", "",
+            "| concurrency | infer/s | p50 ms | p99 ms |", "|---|---|---|---|"]
+    rows += [f"| {r['concurrency']} | {r['infer_per_s']:.1f} | {r['p50_ms']:.2f} |"
+             f" {r['p99_ms']:.2f} |" for r in report["rows"]]
+    return "\n".join(rows)
+
+
 def table(results: dict[int, dict[str, dict[str, object]]], label: str) -> str:
     rows = [
         f"model: {label}",
@@ -265,6 +325,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the daemon's per-app queue (>= K: no drop-oldest 429s)")
     parser.add_argument("--memory-budget", default="64MiB")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks")
+    parser.add_argument("--perf-analyzer", type=Path,
+                        help="then run this perf_analyzer (benchmarks/perf_analyzer.sh)")
+    parser.add_argument("--perf-analyzer-args", default="",
+                        help="extra perf_analyzer options, e.g. '-s 30' on a noisy machine")
     args = parser.parse_args(argv)
     if args.quick == (args.models is not None) or (args.models and not args.model):
         parser.error("give --models DIR --model NAME, or --quick")
@@ -302,9 +366,14 @@ def main(argv: list[str] | None = None) -> int:
                 results[k] = summary(measure(setup, model, k, args))
                 log.info("K=%d: %s", k, {m: round(s["frames_per_s"], 1)
                                          for m, s in results[k].items()})
+            perf = (perf_analyzer(args.perf_analyzer, setup, args.out,
+                                  args.perf_analyzer_args.split())
+                    if args.perf_analyzer else None)
         finally:
             server.stop()
     text = table(results, f"{label}, descendant {descendant}")
+    if perf is not None:
+        text += "\n\n" + perf_table(perf)
     print(text)
     report = {
         "benchmark": "api_v2", "label": label, "model": name, "descendant": descendant,
@@ -314,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "load_average": os.getloadavg()},
         "results": {str(k): modes for k, modes in results.items()},
+        "perf_analyzer": perf,
     }
     stem = f"api_v2_{name}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")

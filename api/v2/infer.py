@@ -284,6 +284,8 @@ async def _run(daemon: Daemon, app_id: str, frames: list[np.ndarray],
 def _check_pinned(daemon: Daemon, app_id: str, pinned: int, ran: int | None) -> None:
     """409 unless the pinned descendant is the app's (planned, or the one that ran)."""
     in_force = daemon.runtime.info(app_id).descendant if ran is None else ran
+    if in_force is None:  # waiting or unavailable: submitting says so (503)
+        return
     if in_force != pinned:
         what = "the plan gives" if ran is None else "the plan switched to"
         raise VersionNotInForce(
