@@ -10,11 +10,14 @@ One live `nestdnn serve` (onnxruntime, one app) and, for each K of concurrent cl
 - ``v2-json``: ``POST /v2/models/{model}/infer`` with the frame as JSON ``data`` (raw sockets,
   prepared request);
 - ``v2-binary``: the same with `tritonclient.http.aio` (what its users run: binary tensors in
-  and out, the request built and the answer parsed by tritonclient for every frame).
+  and out, the request built and the answer parsed by tritonclient for every frame);
+- ``v2-binary-x8``: the same with 8 frames (rows) per request, the batch a client that has
+  several frames at once would send.
 
-All send one frame per request. Reported per K and mode: throughput (frames/s, totals over
-the rounds; the per-round ratios to direct show the spread), p50/p99 latency, the daemon's CPU
-per request (its process CPU time, all threads, over the requests answered) and the load
+All but the last send one frame per request; throughputs are frames per second. Reported per
+K and mode: throughput (frames/s, totals over the rounds; the per-round ratios to direct
+show the spread), p50/p99 latency of a request, the daemon's CPU per frame (its process CPU
+time, all threads, over the frames answered: per request but for the x8 mode) and the load
 generator's. Goal: v2-binary >= 70 % of direct at K = 8. On a shared 2-core machine the load
 generator competes with the daemon (the direct run has no competitor); see docs/api.md.
 
@@ -67,7 +70,8 @@ from scheduler.daemon import ModelCatalogue, make_backend  # noqa: E402
 
 log = logging.getLogger("api_v2")
 ADMIN_TOKEN = "load-test-admin"  # api_load.start_server's daemon token
-MODES = ("direct", "v1", "v2-json", "v2-binary")
+MODES = ("direct", "v1", "v2-json", "v2-binary", "v2-binary-x8")
+BATCH_ROWS = 8
 GOAL_RATIO, GOAL_MODE, GOAL_CLIENTS = 0.70, "v2-binary", 8
 
 
@@ -157,9 +161,12 @@ async def raw_run(setup: Setup, request: bytes, mode: str, k: int, warmup_s: flo
                [x * 1000 for x in latencies])
 
 
-async def triton_run(setup: Setup, k: int, warmup_s: float, seconds: float) -> Run:
-    """K tritonclient.http.aio callers, binary tensors in and out."""
+async def triton_run(setup: Setup, k: int, warmup_s: float, seconds: float, rows: int = 1
+                     ) -> Run:
+    """K tritonclient.http.aio callers, binary tensors in and out, ``rows`` frames each."""
+    batch = np.repeat(setup.frame[None], rows, axis=0)
     latencies: list[float] = []
+    frames: list[int] = []
     errors = 0
     headers = {"Authorization": f"Bearer {setup.token}"}
     start = time.perf_counter() + warmup_s
@@ -169,8 +176,8 @@ async def triton_run(setup: Setup, k: int, warmup_s: float, seconds: float) -> R
     async def caller() -> None:
         nonlocal errors
         while (t0 := time.perf_counter()) < stop:
-            tensor = triton.InferInput("input", [1, *setup.frame.shape], "FP32")
-            tensor.set_data_from_numpy(setup.frame[None], binary_data=True)
+            tensor = triton.InferInput("input", list(batch.shape), "FP32")
+            tensor.set_data_from_numpy(batch, binary_data=True)
             wanted = [triton.InferRequestedOutput("probabilities", binary_data=True)]
             try:
                 result = await tc.infer(setup.model, [tensor], outputs=wanted, headers=headers)
@@ -181,6 +188,7 @@ async def triton_run(setup: Setup, k: int, warmup_s: float, seconds: float) -> R
                 continue
             if t0 >= start:
                 latencies.append((time.perf_counter() - t0) * 1000)
+                frames.append(rows)
 
     try:
         gathered = asyncio.gather(*[caller() for _ in range(k)])
@@ -190,7 +198,8 @@ async def triton_run(setup: Setup, k: int, warmup_s: float, seconds: float) -> R
         wall, server, own, others = meter.stop()
     finally:
         await tc.close()
-    return Run("v2-binary", k, wall, len(latencies), server, own, others, errors, latencies)
+    mode = "v2-binary" if rows == 1 else f"v2-binary-x{rows}"
+    return Run(mode, k, wall, sum(frames), server, own, others, errors, latencies)
 
 
 def measure(setup: Setup, model, k: int, args: argparse.Namespace) -> list[Run]:
@@ -203,6 +212,7 @@ def measure(setup: Setup, model, k: int, args: argparse.Namespace) -> list[Run]:
         runs.append(asyncio.run(raw_run(setup, setup.v2_json_request, "v2-json", k,
                                         args.warmup, seconds)))
         runs.append(asyncio.run(triton_run(setup, k, args.warmup, seconds)))
+        runs.append(asyncio.run(triton_run(setup, k, args.warmup, seconds, BATCH_ROWS)))
     return runs
 
 
@@ -224,9 +234,9 @@ def summary(runs: list[Run]) -> dict[str, dict[str, object]]:
             "p50_ms": float(np.percentile(latencies, 50)) if len(latencies) else None,
             "p99_ms": float(np.percentile(latencies, 99)) if len(latencies) else None,
             "errors": sum(r.errors for r in mine),
-            "server_cpu_ms_per_request": (1000 * sum(r.server_cpu_s for r in mine) / frames
-                                          if frames and mode != "direct" else None),
-            "client_cpu_ms_per_request": 1000 * sum(r.client_cpu_s for r in mine) / frames
+            "server_cpu_ms_per_frame": (1000 * sum(r.server_cpu_s for r in mine) / frames
+                                        if frames and mode != "direct" else None),
+            "client_cpu_ms_per_frame": 1000 * sum(r.client_cpu_s for r in mine) / frames
             if frames else None,
             "other_processes_cores": statistics.fmean(r.others_cores for r in mine),
         }
@@ -284,7 +294,7 @@ def table(results: dict[int, dict[str, dict[str, object]]], label: str) -> str:
         f"model: {label}",
         "",
         "| clients | mode | frames/s | / direct | per round | p50 ms | p99 ms | errors |"
-        " daemon CPU ms/request | client CPU ms/request | other processes, cores |",
+        " daemon CPU ms/frame | client CPU ms/frame | other processes, cores |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k, modes in results.items():
@@ -293,8 +303,8 @@ def table(results: dict[int, dict[str, dict[str, object]]], label: str) -> str:
             rows.append(
                 f"| {k} | {mode} | {s['frames_per_s']:.1f} | {100 * s['ratio_to_direct']:.0f}% |"
                 f" {rounds} | {_num(s['p50_ms'])} | {_num(s['p99_ms'])} | {s['errors']} |"
-                f" {_num(s['server_cpu_ms_per_request'])} |"
-                f" {_num(s['client_cpu_ms_per_request'])} | {s['other_processes_cores']:.2f} |"
+                f" {_num(s['server_cpu_ms_per_frame'])} |"
+                f" {_num(s['client_cpu_ms_per_frame'])} | {s['other_processes_cores']:.2f} |"
             )
     goal = results.get(GOAL_CLIENTS, {}).get(GOAL_MODE)
     if goal is not None:
