@@ -63,7 +63,7 @@ class Identities:
                 )
             raise HTTPException(status_code=401, detail="not the token of a registered app",
                                 headers=_CHALLENGE)
-        model = daemon.runtime.info(app_id).model
+        model = daemon.entry(app_id).name
         if model != entry.name:
             raise WrongModel(f"this token's app serves model {model!r}, not {entry.name!r}")
         return app_id
