@@ -88,6 +88,8 @@ class Run:
     others_cores: float
     errors: int = 0
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+    threads_cpu_s: dict[str, float] = field(default_factory=dict)
+    """The daemon's CPU by thread: the event loop, the others (the inference worker)."""
 
     @property
     def throughput(self) -> float:
@@ -105,6 +107,26 @@ class Setup:
     frame: np.ndarray
     v1_request: bytes
     v2_json_request: bytes
+
+
+def threads_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds so far of the daemon's event loop (its main thread) and of its other threads
+    (the inference worker, and decode slots and anyio workers, idle on the infer paths here;
+    Python does not name OS threads, so they are told apart from the main thread only)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"loop": 0.0, "threads": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        out["loop" if task.name == str(pid) else "threads"] += (
+            int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {kind: after[kind] - before[kind] for kind in after}
 
 
 def raw_request(port: int, path: str, token: str, body: bytes, kind: str) -> bytes:
@@ -153,12 +175,12 @@ async def raw_run(setup: Setup, request: bytes, mode: str, k: int, warmup_s: flo
     gathered = asyncio.gather(*[client(setup.port, request, start, stop, latencies, statuses)
                                 for _ in range(k)])
     await asyncio.sleep(max(0.0, start - time.perf_counter()))
-    meter = CpuMeter(setup.pid)
+    meter, threads = CpuMeter(setup.pid), threads_cpu_s(setup.pid)
     await gathered
     wall, server, own, others = meter.stop()
     errors = sum(n for s, n in statuses.items() if s != 200)
     return Run(mode, k, wall, statuses.get(200, 0), server, own, others, errors,
-               [x * 1000 for x in latencies])
+               [x * 1000 for x in latencies], _since(threads, threads_cpu_s(setup.pid)))
 
 
 async def triton_run(setup: Setup, k: int, warmup_s: float, seconds: float, rows: int = 1
@@ -193,13 +215,14 @@ async def triton_run(setup: Setup, k: int, warmup_s: float, seconds: float, rows
     try:
         gathered = asyncio.gather(*[caller() for _ in range(k)])
         await asyncio.sleep(max(0.0, start - time.perf_counter()))
-        meter = CpuMeter(setup.pid)
+        meter, threads = CpuMeter(setup.pid), threads_cpu_s(setup.pid)
         await gathered
         wall, server, own, others = meter.stop()
+        used = _since(threads, threads_cpu_s(setup.pid))
     finally:
         await tc.close()
     mode = "v2-binary" if rows == 1 else f"v2-binary-x{rows}"
-    return Run(mode, k, wall, sum(frames), server, own, others, errors, latencies)
+    return Run(mode, k, wall, sum(frames), server, own, others, errors, latencies, used)
 
 
 def measure(setup: Setup, model, k: int, args: argparse.Namespace) -> list[Run]:
@@ -238,6 +261,9 @@ def summary(runs: list[Run]) -> dict[str, dict[str, object]]:
                                         if frames and mode != "direct" else None),
             "client_cpu_ms_per_frame": 1000 * sum(r.client_cpu_s for r in mine) / frames
             if frames else None,
+            "daemon_threads_cpu_ms_per_frame": {
+                kind: 1000 * sum(r.threads_cpu_s.get(kind, 0.0) for r in mine) / frames
+                for kind in ("loop", "threads")} if frames and mode != "direct" else None,
             "other_processes_cores": statistics.fmean(r.others_cores for r in mine),
         }
     return out
@@ -295,7 +321,7 @@ def table(results: dict[int, dict[str, dict[str, object]]], label: str) -> str:
         f"model: {label}",
         "",
         "| clients | mode | frames/s | / direct | per round | p50 ms | p99 ms | errors |"
-        " daemon CPU ms/frame | client CPU ms/frame | other processes, cores |",
+        " daemon CPU ms/frame (loop / worker) | client CPU ms/frame | other processes, cores |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k, modes in results.items():
@@ -304,7 +330,7 @@ def table(results: dict[int, dict[str, dict[str, object]]], label: str) -> str:
             rows.append(
                 f"| {k} | {mode} | {s['frames_per_s']:.1f} | {100 * s['ratio_to_direct']:.0f}% |"
                 f" {rounds} | {_num(s['p50_ms'])} | {_num(s['p99_ms'])} | {s['errors']} |"
-                f" {_num(s['server_cpu_ms_per_frame'])} |"
+                f" {_num(s['server_cpu_ms_per_frame'])}{_split(s)} |"
                 f" {_num(s['client_cpu_ms_per_frame'])} | {s['other_processes_cores']:.2f} |"
             )
     goal = results.get(GOAL_CLIENTS, {}).get(GOAL_MODE)
@@ -313,6 +339,11 @@ def table(results: dict[int, dict[str, dict[str, object]]], label: str) -> str:
         rows += ["", f"goal {GOAL_MODE} >= {100 * GOAL_RATIO:.0f}% of direct at K ="
                      f" {GOAL_CLIENTS}: {verdict} ({100 * goal['ratio_to_direct']:.0f}%)"]
     return "\n".join(rows)
+
+
+def _split(s: dict[str, object]) -> str:
+    threads = s["daemon_threads_cpu_ms_per_frame"]
+    return "" if not threads else f" ({threads['loop']:.2f} / {threads['threads']:.2f})"
 
 
 def _num(value: object) -> str:
