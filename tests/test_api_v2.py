@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import httpx
@@ -25,6 +26,7 @@ from api.v2.identity import ANONYMOUS_NAME, APP_HEADER
 from profiles.schema import load_profile
 from profiles.synthetic import synthetic_models_dir
 from scheduler.daemon import ModelCatalogue, Runtime, RuntimeSettings
+from scheduler.daemon.errors import BadModelOutput, ModelUnavailable
 
 ADMIN = "v2-admin-token"
 REGISTRAR = "v2-registration-token"
@@ -353,3 +355,38 @@ def test_open_registration_serves_token_less_callers_on_one_shared_app(
         assert refused.status_code == 401 and "--registration token" in refused.json()["error"]
         assert refused.headers["www-authenticate"] == "Bearer"
         assert client.get("/v1/apps").json() == []
+
+
+def test_nan_outputs_and_an_unavailable_model_are_5xx_error_objects(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model's fault (NaN outputs: 502, counted) and a model that cannot serve (503) are
+    the only 5xx of /v2, as of /v1, in the protocol's shape."""
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, ADMIN)
+    monkeypatch.setenv(REGISTRATION_TOKEN_ENV, REGISTRAR)
+    with make_client(models_dir, tmp_path / "state", "token") as client:
+        app = client.post("/v1/apps", json={"model": "alpha", "target_latency_ms": 1000},
+                          headers=bearer(REGISTRAR)).json()
+        runtime = client.app.state.daemon.runtime  # type: ignore[attr-defined]
+
+        def nan_outputs(_app_id: str, _frame: np.ndarray) -> Future:
+            future: Future = Future()
+            future.set_exception(BadModelOutput("alpha d2 computed non-finite outputs"))
+            return future
+
+        monkeypatch.setattr(runtime, "submit", nan_outputs)
+        answer = client.post("/v2/models/alpha/infer", content=json_request(),
+                             headers=bearer(app["token"]))
+        assert answer.status_code == 502 and "non-finite" in answer.json()["error"]
+        metrics = client.get("/metrics").text
+        assert 'nestdnn_bad_model_outputs_total{model="alpha"} 1.0' in metrics
+        assert 'nestdnn_inference_request_failure_total{model="alpha",version=""} 1.0' in metrics
+
+        def unavailable(_app_id: str, _frame: np.ndarray) -> Future:
+            raise ModelUnavailable("model alpha: alpha.nest is missing")
+
+        monkeypatch.setattr(runtime, "submit", unavailable)
+        answer = client.post("/v2/models/alpha/infer", content=json_request(),
+                             headers=bearer(app["token"]))
+        assert answer.status_code == 503 and answer.json() == {
+            "error": "model alpha: alpha.nest is missing"}

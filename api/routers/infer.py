@@ -115,9 +115,8 @@ async def infer(request: Request, app_id: str) -> Response:
         frame = await _read_frame(request, daemon, daemon.frame_spec(entry))
         prediction = await asyncio.wrap_future(daemon.submit(app_id, frame))
     except BadModelOutput as exc:
-        daemon.metrics.bad_outputs.labels(entry.name).inc()
+        count_bad_output(daemon, app_id, entry, exc)
         daemon.metrics.inference.failure(entry.name, None)
-        log.error("app %s, model %s: %s (answered 502)", app_id, entry.name, exc)
         raise
     except Exception:
         daemon.metrics.inference.failure(entry.name, None)
@@ -129,6 +128,13 @@ async def infer(request: Request, app_id: str) -> Response:
         prediction.queue_s, prediction.compute_s / prediction.batch)
     answer = _answer(prediction, entry, top_k or daemon.settings.top_k, total)
     return Response(answer.model_dump_json(), media_type="application/json")  # built once
+
+
+def count_bad_output(daemon: Daemon, app_id: str, entry: CatalogueEntry,
+                     exc: BadModelOutput) -> None:
+    """Log and count a frame whose model outputs were NaN or infinite (answered 502)."""
+    daemon.metrics.bad_outputs.labels(entry.name).inc()
+    log.error("app %s, model %s: %s (answered 502)", app_id, entry.name, exc)
 
 
 class InferRoute(Route):

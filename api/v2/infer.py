@@ -33,7 +33,7 @@ from api.daemon import Daemon
 from api.deps import refuse_unknown_query
 from api.frames import FrameSpec
 from api.openapi import v2_errors
-from api.routers.infer import INLINE_DECODE_BYTES
+from api.routers.infer import INLINE_DECODE_BYTES, count_bad_output
 from api.v2 import model as v2model
 from api.v2.codec import (
     BINARY_MEDIA_TYPE,
@@ -52,7 +52,7 @@ from api.v2.errors import (
 from api.v2.identity import APP_HEADER, Identities
 from api.v2.models import model_entry
 from api.v2.schemas import InferRequest, InferResponse
-from scheduler.daemon import CatalogueEntry, Prediction
+from scheduler.daemon import BadModelOutput, CatalogueEntry, Prediction
 
 router = APIRouter(prefix="/v2/models", tags=["v2"])
 PATHS = ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer")
@@ -153,24 +153,31 @@ async def _infer(request: Request, daemon: Daemon, entry: CatalogueEntry,
     timeout_s, binary_all = _options(parsed.parameters or {})
     wanted = _wanted(parsed, binary_all)
     frames = await _frames(daemon, parsed, binary, daemon.frame_spec(entry), len(body))
-    predictions = await _run(daemon, app_id, frames, timeout_s)
-    ran = predictions[-1].descendant
+    try:
+        predictions = await _run(daemon, app_id, frames, timeout_s)
+    except BadModelOutput as exc:
+        count_bad_output(daemon, app_id, entry, exc)
+        raise
     if pinned is not None:
-        _check_pinned(daemon, app_id, pinned, ran=ran)
-    head_out: dict[str, Any] = {"model_name": entry.name, "model_version": str(ran)}
-    if parsed.id is not None:
-        head_out["id"] = parsed.id
-    mixed = sorted({p.descendant for p in predictions})
-    if len(mixed) > 1:  # the plan switched the app while its rows ran
-        head_out["parameters"] = {
-            "descendants": ",".join(str(p.descendant) for p in predictions)}
-    content, header_length = encode_answer(head_out, v2model.outputs(predictions, entry, wanted))
+        _check_pinned(daemon, app_id, pinned, ran=predictions[-1].descendant)
+    return app_id, predictions, _answer(entry, parsed.id, predictions, wanted, app_id)
+
+
+def _answer(entry: CatalogueEntry, request_id: str | None, predictions: list[Prediction],
+            wanted: v2model.Wanted, app_id: str) -> Response:
+    """The inference answer: JSON, or JSON header + binary outputs."""
+    ran = predictions[-1].descendant
+    head: dict[str, Any] = {"model_name": entry.name, "model_version": str(ran)}
+    if request_id is not None:
+        head["id"] = request_id
+    if any(p.descendant != ran for p in predictions):  # the plan switched the app meanwhile
+        head["parameters"] = {"descendants": ",".join(str(p.descendant) for p in predictions)}
+    content, header_length = encode_answer(head, v2model.outputs(predictions, entry, wanted))
     headers = {APP_HEADER: app_id}
     if header_length is None:
-        return app_id, predictions, Response(content, media_type=JSON_MEDIA_TYPE,
-                                             headers=headers)
+        return Response(content, media_type=JSON_MEDIA_TYPE, headers=headers)
     headers[HEADER_LENGTH] = str(header_length)
-    return app_id, predictions, Response(content, media_type=BINARY_MEDIA_TYPE, headers=headers)
+    return Response(content, media_type=BINARY_MEDIA_TYPE, headers=headers)
 
 
 def _parse(head: bytes) -> InferRequest:
